@@ -1,0 +1,82 @@
+"""The tuner's :class:`~pipeline.tuner.Evaluator` for real models on a real target.
+
+A candidate is the original model pruned one-shot at a global ratio with the run's criterion
+scores, BN statistics re-estimated on calibration data, exported to ONNX and measured on the
+target. Its accuracy is taken on the *calibration* split (so the test split stays unseen until
+the final verdict), in PyTorch for speed; the final accuracy is always taken through the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.tuner import Candidate
+from stages.export import ExportSettings, export_onnx
+from stages.load.data import DataBundle
+from stages.measure import TorchRunner, evaluate_top1
+from stages.prune.plan import apply_plan, macs_params, make_plan, recalibrate_bn, uniform_ratios
+from stages.prune.tp_adapter import GroupInfo
+from stages.recover import DistillSettings, distill
+from targets.base import MeasureSettings, Target
+
+
+class GlobalEvaluator:
+    """Evaluates global-ratio candidates; identical widths are evaluated once."""
+
+    def __init__(self, *, model: nn.Module, sample_shape: tuple[int, ...], data: DataBundle, groups: list[GroupInfo],
+                 scores: dict[str, torch.Tensor], round_to: int | None, ignore: tuple[str, ...],
+                 recalibrate: bool, recal_batches: int, target: Target, measure: MeasureSettings,
+                 export: ExportSettings, distill: DistillSettings, workdir: Path,
+                 baseline_onnx: Path, baseline_latency_ms: float, rounds: int) -> None:
+        self.model, self.sample_shape, self.data = model, sample_shape, data
+        self.groups, self.scores, self.round_to, self.ignore = groups, scores, round_to, ignore
+        self.recalibrate, self.recal_batches = recalibrate, recal_batches
+        self.target, self.measure_settings, self.export_settings = target, measure, export
+        self.distill_settings = distill
+        self.workdir = Path(workdir)
+        self.baseline_engine = target.build(Path(baseline_onnx), sample_shape, self.workdir)
+        self.baseline_latency_ms, self.rounds = baseline_latency_ms, rounds
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._cache: dict[tuple, Candidate] = {}
+        self._example = torch.zeros((2, *sample_shape))
+
+    def plan_for(self, ratio: float):
+        return make_plan(self.groups, self.scores, uniform_ratios(self.groups, ratio), self.round_to, self.ignore,
+                         meta={"search": "global", "prune_ratio": ratio, "round_to": self.round_to})
+
+    def build_model(self, plan) -> nn.Module:
+        pruned = apply_plan(self.model, self._example, plan)
+        if self.recalibrate:
+            recalibrate_bn(pruned, self.data.calib, self.recal_batches)
+        return pruned
+
+    def measure(self, ratio: float) -> Candidate:
+        plan = self.plan_for(ratio)
+        key = tuple(sorted(plan.widths().items()))
+        if key in self._cache:
+            return self._cache[key]
+        pruned = self.build_model(plan) if ratio > 0 else copy.deepcopy(self.model)
+        onnx_path = self.workdir / f"candidate-{len(self._cache):02d}.onnx"
+        export_onnx(pruned, self.sample_shape, onnx_path, self.export_settings)
+        engine = self.target.build(onnx_path, self.sample_shape, self.workdir)
+        timing = self.target.measure([self.baseline_engine, engine], self.measure_settings, rounds=self.rounds)[1]
+        # latency relative to the baseline measured in the same process, scaled to the baseline
+        # stage's reference: drift of the machine's speed cancels out of the comparison
+        latency = self.baseline_latency_ms / timing["ratio_to_first"]
+        macs, params = macs_params(pruned, self.sample_shape)
+        acc = evaluate_top1(TorchRunner(pruned), self.data.calib)
+        cand = Candidate(ratio, key, latency, timing["memory_mb"], acc, macs, params,
+                         payload={"plan": plan, "model": pruned, "raw_latency_ms": timing["latency_ms"]["median"]})
+        self._cache[key] = cand
+        onnx_path.unlink(missing_ok=True)
+        return cand
+
+    def recover(self, cand: Candidate) -> float:
+        student = copy.deepcopy(cand.payload["model"])
+        if cand.ratio > 0 and self.distill_settings.steps > 0:
+            distill(student, self.model, self.data.train, self.distill_settings, self.data.labeled)
+        return evaluate_top1(TorchRunner(student), self.data.calib)

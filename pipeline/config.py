@@ -1,0 +1,224 @@
+"""Run configuration: frozen pydantic models, YAML loading with line numbers, flag overrides.
+
+The config is resolved once (defaults <- YAML file <- CLI flags) and never mutated afterwards.
+A ``None`` option means "use the default of the stage or target".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError, did_you_mean
+
+DEFAULT_MODEL = "example:digits-resnet"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "default.yaml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Constraints(_Frozen):
+    """The user's budget. Latency is either absolute (``latency_ms``) or relative (``speedup``)."""
+
+    latency_ms: float | None = Field(None, gt=0)
+    speedup: float | None = Field(None, gt=0)
+    memory_mb: float | None = Field(None, gt=0)
+    max_accuracy_drop: float | None = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_latency_form(self) -> Constraints:
+        if self.latency_ms is not None and self.speedup is not None:
+            raise ValueError("give either latency_ms or speedup, not both")
+        if self.speedup is not None and self.speedup < 1.0:
+            raise ValueError("speedup must be >= 1.0 (a slowdown is not a budget)")
+        return self
+
+
+class PruneConfig(_Frozen):
+    round_to: int | None = Field(8, ge=1)
+    ignore: tuple[str, ...] = ()
+    max_ratio: float = Field(0.9, gt=0, lt=1)
+    recalibrate_bn: bool = True
+    recalibrate_batches: int = Field(8, ge=1)
+
+
+class RecoveryConfig(_Frozen):
+    method: Literal["distill", "none"] = "distill"
+    steps: int = Field(150, ge=0)
+    tune_steps: int = Field(30, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.01, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+
+
+class ExportConfig(_Frozen):
+    opset: int = Field(18, ge=13, le=23)
+    exporter: Literal["legacy", "dynamo"] = "legacy"
+    atol: float = Field(1e-4, gt=0)
+    rtol: float = Field(1e-3, gt=0)
+    parity_samples: int = Field(16, ge=1)
+
+
+class MeasureConfig(_Frozen):
+    threads: int | None = Field(None, ge=1)
+    batch: int = Field(1, ge=1)
+    warmup_s: float = Field(0.3, ge=0)
+    min_duration_s: float = Field(1.0, gt=0)
+    min_iters: int = Field(50, ge=1)
+    final_rounds: int = Field(5, ge=1)
+    candidate_rounds: int = Field(3, ge=1)
+    candidate_duration_s: float = Field(0.3, gt=0)
+
+
+class TuneConfig(_Frozen):
+    step: float = Field(0.2, gt=0, lt=1)
+    min_step: float = Field(0.02, gt=0, lt=1)
+    max_candidates: int = Field(16, ge=1)
+    time_limit_s: float = Field(600.0, gt=0)
+    latency_margin: float = Field(0.05, ge=0, lt=0.5)
+
+
+class RunConfig(_Frozen):
+    """Everything ``pipeline run`` needs. Field names are the YAML keys."""
+
+    model: str = DEFAULT_MODEL
+    arch: str | None = None
+    data: str = "digits"
+    input_shape: tuple[int, ...] | None = None
+    target: str = "cpu"
+    device: str | None = None
+    objective: Literal["latency", "memory", "accuracy"] = "latency"
+    constraints: Constraints = Constraints()
+    criterion: str = "magnitude-l2"
+    search: Literal["global"] = "global"
+    policy: str | None = None
+    seed: int = 0
+    trust_checkpoint: bool = False
+    prune: PruneConfig = PruneConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+    export: ExportConfig = ExportConfig()
+    measure: MeasureConfig = MeasureConfig()
+    tune: TuneConfig = TuneConfig()
+
+    @model_validator(mode="after")
+    def _objective_has_budget(self) -> RunConfig:
+        c = self.constraints
+        if self.objective == "latency" and c.latency_ms is None and c.speedup is None:
+            raise ValueError("objective 'latency' needs constraints.latency_ms or constraints.speedup")
+        if self.objective == "memory" and c.memory_mb is None:
+            raise ValueError("objective 'memory' needs constraints.memory_mb")
+        if self.objective == "accuracy" and c.max_accuracy_drop is None:
+            raise ValueError("objective 'accuracy' needs constraints.max_accuracy_drop")
+        return self
+
+
+_SECTIONS = {
+    "constraints": Constraints,
+    "prune": PruneConfig,
+    "recovery": RecoveryConfig,
+    "export": ExportConfig,
+    "measure": MeasureConfig,
+    "tune": TuneConfig,
+}
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    if len(loc) >= 2 and loc[0] in _SECTIONS:
+        return list(_SECTIONS[loc[0]].model_fields)
+    return list(RunConfig.model_fields)
+
+
+def _format_validation(err: ValidationError, source: str) -> ConfigError:
+    first = err.errors()[0]
+    loc = tuple(x for x in first["loc"] if not isinstance(x, int))
+    key = ".".join(str(x) for x in loc) or "config"
+    if first["type"] == "extra_forbidden":
+        name = str(loc[-1])
+        return ConfigError(
+            f"{source}: unknown config key '{key}'.{did_you_mean(name, _known_keys(loc))}",
+            hint="see examples/default.yaml for every key",
+        )
+    msg = first["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{source}: {key}: {msg}", hint="fix the value and run again")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping; syntax errors name the line."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}", hint="check the path given to --config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}", hint="fix the YAML syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}",
+                          hint="see examples/default.yaml")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_config(config_path: Path | None, overrides: dict[str, Any],
+                   base: dict[str, Any] | None = None) -> RunConfig:
+    """Build the frozen RunConfig from an optional YAML file and flag overrides.
+
+    Args:
+        config_path: YAML file; ``None`` means the embedded default (examples/default.yaml).
+        overrides: Nested dict of values given on the command line (``None`` values are ignored).
+            A latency flag given on the command line replaces the file's latency form.
+        base: A saved, already resolved config (``--resume``) used instead of the YAML file.
+
+    Raises:
+        ConfigError: on syntax errors, unknown keys, or invalid values.
+    """
+    path = config_path or DEFAULT_CONFIG
+    if base is not None:
+        data = dict(base)
+    else:
+        data = read_yaml(path) if (config_path or DEFAULT_CONFIG.is_file()) else {}
+    clean = _drop_none(overrides)
+    cons = clean.get("constraints", {})
+    if ("latency_ms" in cons) != ("speedup" in cons) and isinstance(data.get("constraints"), dict):
+        # a latency budget on the command line replaces the file's latency form
+        data = _merge(data, {"constraints": {"latency_ms": None, "speedup": None}})
+    merged = _merge(data, clean)
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as e:
+        raise _format_validation(e, str(path) if config_path else "config") from None
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            sub = _drop_none(v)
+            if sub:
+                out[k] = sub
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML (for --dry-run and the run folder)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,89 @@
+"""Terminal output: stage lines as they finish, progress bars, and the final tables (rich)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console as RichConsole
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+log = logging.getLogger("pipeline")
+
+ICON = {"ok": "✅", "skipped": "⏭️ ", "failed": "❌", "reused": "♻️ "}
+
+
+class Console:
+    """What ``pipeline run`` prints. ``quiet`` keeps only the final tables."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.out = RichConsole(highlight=False)
+        self.quiet = quiet
+
+    def stage_start(self, name: str) -> None:
+        log.info("stage %s: start", name)
+        if not self.quiet:
+            self.out.print(f"[dim]▶ {name} …[/dim]")
+
+    def stage_done(self, name: str, status: str, seconds: float, summary: str = "") -> None:
+        log.info("stage %s: %s in %.2fs %s", name, status, seconds, summary)
+        if not self.quiet:
+            self.out.print(f"{ICON.get(status, '?')} {name:<9} {seconds:7.2f}s  {summary}")
+
+    def note(self, text: str) -> None:
+        log.info("%s", text)
+        if not self.quiet:
+            self.out.print(f"   [dim]{text}[/dim]")
+
+    @contextmanager
+    def progress(self, what: str, total: int) -> Iterator[Callable[[int, float], None]]:
+        with Progress(TextColumn(f"   {what}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                      TimeElapsedColumn(), console=self.out, transient=True, disable=self.quiet) as p:
+            task = p.add_task(what, total=total, loss="-")
+
+            def tick(step: int, loss: float) -> None:
+                p.update(task, completed=step, loss=f"{loss:.4f}")
+
+            yield tick
+
+    def summary(self, report: dict, records: list) -> None:
+        st = Table(title="Stages", show_edge=False)
+        st.add_column("stage")
+        st.add_column("status")
+        st.add_column("seconds", justify="right")
+        for r in records:
+            st.add_row(r.name, f"{ICON.get(r.status, '?')} {r.status}", f"{r.seconds:.2f}")
+        self.out.print(st)
+        b, f = report["baseline"], report["final"]
+        t = Table(title=f"Baseline vs final on {report['target']}", show_edge=False)
+        t.add_column("metric")
+        t.add_column("baseline", justify="right")
+        t.add_column("final", justify="right")
+
+        def acc(m: dict) -> str:
+            return "n/a" if m.get("accuracy") is None else f"{m['accuracy']:.2f}%"
+
+        t.add_row("latency median (ms)", f"{b['latency_ms']['median']:.3f}", f"{f['latency_ms']['median']:.3f}")
+        t.add_row("latency p99 (ms)", f"{b['latency_ms']['p99']:.3f}", f"{f['latency_ms']['p99']:.3f}")
+        t.add_row("throughput (/s)", f"{b['throughput']:.0f}", f"{f['throughput']:.0f}")
+        t.add_row("memory (MB)", f"{b['memory_mb']:.1f}", f"{f['memory_mb']:.1f}")
+        t.add_row(f"{f['accuracy_metric']} (test, engine)", acc(b), acc(f))
+        t.add_row("MACs (M)", f"{b['macs'] / 1e6:.1f}", f"{f['macs'] / 1e6:.1f}")
+        t.add_row("params (M)", f"{b['params'] / 1e6:.3f}", f"{f['params'] / 1e6:.3f}")
+        self.out.print(t)
+        c = report["constraints"]
+        self.out.print(f"speedup [bold]{report['speedup']:.2f}x[/bold]  ·  {f['measured_on']}")
+        if c["met"]:
+            self.out.print("[bold green]✅ constraints met[/bold green]")
+        else:
+            self.out.print("[bold red]❌ constraints not met:[/bold red]")
+            for v in c["violations"]:
+                self.out.print(f"   - {v}")
+
+    def error(self, message: str, hint: str = "") -> None:
+        err = RichConsole(stderr=True, highlight=False)
+        err.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
+        if hint:
+            err.print(f"[yellow]hint:[/yellow] {hint}", soft_wrap=True)

@@ -1,0 +1,51 @@
+"""Typed errors. Every user-facing failure is one line plus a hint; the CLI maps them to exit 2."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class PipelineError(Exception):
+    """A failure the user can act on: bad input, bad config, or a stage that failed a check.
+
+    Args:
+        message: One line saying what is wrong.
+        hint: One line saying what to do next.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+
+class ConfigError(PipelineError):
+    """The configuration (YAML or flags) is invalid."""
+
+
+class SpecError(PipelineError):
+    """A model, data or target spec could not be resolved."""
+
+
+class ModelLoadError(PipelineError):
+    """A checkpoint could not be read or does not fit the architecture."""
+
+
+class StageError(PipelineError):
+    """A stage ran and failed one of its own checks."""
+
+
+class ParityError(StageError):
+    """The exported graph's outputs differ from the PyTorch reference beyond tolerance."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' Did you mean X?' for the closest choice, or '' when nothing is close."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""

@@ -1,0 +1,178 @@
+"""The staged run: each stage is a function from artifacts to artifacts, recorded in the manifest.
+
+::
+
+    load -> baseline -> score -> tune -> prune -> recover -> export -> build -> measure -> report
+
+Each :class:`Stage` names the files it reads and writes (relative to the run folder) and the
+config sections it depends on. The runner records every stage (sha256 of inputs and outputs,
+config digest, metrics, seconds) in ``manifest.json``; with ``--resume`` a stage whose inputs,
+outputs and config still hash the same is restored from its files instead of rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.config import RunConfig
+from pipeline.errors import ConfigError, PipelineError, StageError
+from pipeline.manifest import (
+    Manifest,
+    StageRecord,
+    atomic_torch_save,
+    atomic_write_json,
+    digest,
+    sha256_file,
+)
+from pipeline.versions import versions
+
+log = logging.getLogger("pipeline")
+
+PLAN_FORMAT = "edge-pipeline/pruned-v1"
+
+
+@dataclass
+class RunState:
+    """In-memory artifacts passed between stages (restored from files on resume)."""
+
+    cfg: RunConfig
+    run_dir: Path
+    ui: Any  # pipeline.console.Console
+    target: Any = None
+    loaded: Any = None  # stages.load.models.LoadedModel
+    data: Any = None  # stages.load.data.DataBundle
+    baseline: dict | None = None
+    scores: dict | None = None
+    plan: Any = None  # PruningPlan
+    pruned: nn.Module | None = None
+    tune: dict | None = None
+    final: dict | None = None
+    report: dict | None = None
+    records: list[StageRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fn: Callable[[RunState], dict]
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    config_keys: tuple[str, ...] = ()
+    restore: Callable[[RunState], None] | None = None  # None: always rerun (no artifact)
+
+
+def default_run_dir(model_name: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in model_name)
+    return Path("runs") / f"{stamp}-{safe}"
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """Create the run folder; refuse to overwrite a previous run unless resuming."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output folder {run_dir} is not writable: {e.strerror or e}",
+                          hint="choose another folder with --out") from None
+    if not resume and (run_dir / "manifest.json").exists():
+        raise ConfigError(f"{run_dir} already holds a run",
+                          hint="add --resume to continue it, or choose a new folder with --out")
+    (run_dir / "logs").mkdir(exist_ok=True)
+
+
+def _config_digest(cfg: RunConfig, keys: tuple[str, ...]) -> str:
+    d = cfg.model_dump(mode="json")
+    return digest({k: d.get(k) for k in keys})
+
+
+def execute(stages: list[Stage], state: RunState, resume: bool) -> list[StageRecord]:
+    """Run ``stages`` in order, recording each; stop at the first failure (re-raised)."""
+    old = Manifest.load(state.run_dir) if resume else None
+    manifest = Manifest(state.run_dir, {
+        "config": state.cfg.model_dump(mode="json"), "versions": versions(),
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    stale = False
+    for st in stages:
+        cdig = _config_digest(state.cfg, st.config_keys)
+        if (old is not None and not stale and st.restore is not None
+                and old.is_fresh(st.name, cdig, list(st.inputs), list(st.outputs))):
+            t0 = time.perf_counter()
+            st.restore(state)
+            rec = old.stages[st.name]
+            rec.metrics = {**rec.metrics, "resumed": True}
+            manifest.record(rec)
+            state.records.append(rec)
+            state.ui.stage_done(st.name, rec.status, time.perf_counter() - t0, "resumed from run folder")
+            continue
+        stale = True  # everything after a rerun stage reruns too
+        state.ui.stage_start(st.name)
+        t0 = time.perf_counter()
+        ins = manifest.hashes(list(st.inputs))
+        try:
+            metrics = st.fn(state) or {}
+        except BaseException as e:
+            secs = time.perf_counter() - t0
+            msg = e.message if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+            log.error("stage %s failed: %s\n%s", st.name, msg, traceback.format_exc())
+            rec = StageRecord(st.name, "failed", secs, cdig, ins, {}, {}, msg)
+            manifest.record(rec)
+            state.records.append(rec)
+            state.ui.stage_done(st.name, "failed", secs, msg)
+            raise
+        secs = time.perf_counter() - t0
+        status = metrics.pop("_status", "ok")
+        outs = {p: sha256_file(state.run_dir / p) for p in st.outputs if (state.run_dir / p).is_file()}
+        missing = [p for p in st.outputs if p not in outs]
+        if missing and status == "ok":
+            raise StageError(f"stage {st.name} did not write {', '.join(missing)}", hint="this is a bug; see logs/")
+        rec = StageRecord(st.name, status, secs, cdig, ins, outs, metrics)
+        manifest.record(rec)
+        state.records.append(rec)
+        state.ui.stage_done(st.name, status, secs, metrics.get("_summary", ""))
+    return state.records
+
+
+# ------------------------------------------------------------------ artifact helpers
+
+def save_pruned(path: Path, model: nn.Module, plan, spec: str, extra: dict | None = None) -> None:
+    """``pruned.pt``: a state_dict plus the replayable plan, never a pickled module."""
+    atomic_torch_save(path, {"format": PLAN_FORMAT, "model_spec": spec, "plan": plan.to_json(),
+                             "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                             **(extra or {})})
+
+
+def load_pruned(path: Path, base: nn.Module, example: torch.Tensor) -> tuple[nn.Module, Any]:
+    """Rebuild a pruned model: replay the plan on ``base`` (not modified), load the weights."""
+    from stages.prune.plan import PruningPlan, apply_plan
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != PLAN_FORMAT:
+        raise StageError(f"{path} is not a pruned checkpoint of this tool", hint="rerun without --resume")
+    plan = PruningPlan.from_json(blob["plan"])
+    model = apply_plan(base, example, plan)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), plan
+
+
+def write_json(state: RunState, name: str, obj: Any) -> None:
+    atomic_write_json(state.run_dir / name, obj)
+
+
+def read_json(state: RunState, name: str) -> Any:
+    return json.loads((state.run_dir / name).read_text())
+

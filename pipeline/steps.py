@@ -1,0 +1,311 @@
+"""The concrete stages of ``pipeline run``: thin glue between the run folder and ``stages/``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from pipeline.candidates import GlobalEvaluator
+from pipeline.errors import ConfigError, SpecError, StageError
+from pipeline.manifest import atomic_torch_save
+from pipeline.report import build_report, write_report
+from pipeline.runner import RunState, Stage, load_pruned, read_json, save_pruned, write_json
+from pipeline.tuner import Budgets, SearchLimits, search_global
+from stages.export import ExportSettings, check_parity, export_onnx
+from stages.load.data import load_data, with_model_labels
+from stages.load.models import ModelRequest, load_model
+from stages.measure import TorchRunner, evaluate_top1, measurement_record
+from stages.prune.plan import PruningPlan, apply_plan, macs_params, recalibrate_bn
+from stages.prune.tp_adapter import PruneGraph
+from stages.recover import DistillSettings, distill
+from stages.score import CRITERIA, ScoreContext
+from targets.base import MeasureSettings
+from targets.ort_runner import OrtRunner
+
+
+def _example(state: RunState, batch: int = 2) -> torch.Tensor:
+    return torch.zeros((batch, *state.loaded.input_shape))
+
+
+def _export_settings(state: RunState) -> ExportSettings:
+    e = state.cfg.export
+    return ExportSettings(opset=e.opset, exporter=e.exporter, atol=e.atol, rtol=e.rtol)
+
+
+def _measure_settings(state: RunState, candidate: bool = False) -> MeasureSettings:
+    m = state.cfg.measure
+    duration = m.candidate_duration_s if candidate else m.min_duration_s
+    return MeasureSettings(m.threads, m.batch, m.warmup_s, duration, m.min_iters)
+
+
+def _distill_settings(state: RunState, steps: int) -> DistillSettings:
+    r = state.cfg.recovery
+    return DistillSettings(steps=steps, batch_size=r.batch_size, lr=r.lr, temperature=r.temperature,
+                           alpha=r.alpha, seed=state.cfg.seed)
+
+
+def _parity_inputs(state: RunState) -> torch.Tensor:
+    n = min(state.cfg.export.parity_samples, len(state.data.calib))
+    return torch.stack([state.data.calib[i][0] for i in range(n)])
+
+
+# ------------------------------------------------------------------ load
+
+def s_load(state: RunState) -> dict:
+    cfg = state.cfg
+    torch.manual_seed(cfg.seed)
+    lm = load_model(ModelRequest(cfg.model, cfg.arch, cfg.input_shape, cfg.trust_checkpoint))
+    data = load_data(cfg.data, lm.input_shape)
+    if tuple(data.input_shape) != tuple(lm.input_shape):
+        raise SpecError(f"data '{cfg.data}' gives samples of shape {data.input_shape}, model expects {lm.input_shape}",
+                        hint="pass --input-shape or use matching data")
+    if not data.labeled:
+        data = with_model_labels(data, lm.module)
+    state.loaded, state.data = lm, data
+    macs, params = macs_params(lm.module, lm.input_shape)
+    return {"model": lm.spec, "params": params, "macs": macs, "input_shape": list(lm.input_shape),
+            "data": data.name, "splits": [len(data.train), len(data.calib), len(data.test)],
+            "metric": data.metric, "notes": lm.notes,
+            "_summary": f"{lm.name}: {params / 1e6:.2f} M params, {macs / 1e6:.1f} MMACs; data {data.name}"}
+
+
+# ------------------------------------------------------------------ baseline
+
+def s_baseline(state: RunState) -> dict:
+    lm, data = state.loaded, state.data
+    path = state.run_dir / "baseline.onnx"
+    exp = export_onnx(lm.module, lm.input_shape, path, _export_settings(state))
+    with OrtRunner(path) as r:
+        parity = check_parity(lm.module, r, _parity_inputs(state), state.cfg.export.atol, state.cfg.export.rtol)
+    engine = state.target.build(path, lm.input_shape, state.run_dir)
+    timing = state.target.measure([engine], _measure_settings(state), rounds=state.cfg.measure.final_rounds)[0]
+    with state.target.runner(engine) as r:
+        test_acc = evaluate_top1(r, data.test)
+    calib_acc = evaluate_top1(TorchRunner(lm.module), data.calib)
+    macs, params = macs_params(lm.module, lm.input_shape)
+    rec = measurement_record(timing, onnx_bytes=exp["onnx_bytes"], params=params, macs=macs,
+                             accuracy=test_acc, metric=data.metric)
+    state.baseline = {"record": rec, "calib_accuracy": calib_acc, "parity": parity, "export": exp}
+    write_json(state, "baseline.json", state.baseline)
+    return {"latency_ms": rec["latency_ms"]["median"], "accuracy": test_acc, "calib_accuracy": calib_acc,
+            "_summary": f"{rec['latency_ms']['median']:.3f} ms, {data.metric} {test_acc:.2f}% (test, through ORT)"}
+
+
+def r_baseline(state: RunState) -> None:
+    state.baseline = read_json(state, "baseline.json")
+
+
+# ------------------------------------------------------------------ score
+
+def s_score(state: RunState) -> dict:
+    if state.cfg.policy:
+        return {"_status": "skipped", "_summary": "policy replayed; no scoring"}
+    crit = CRITERIA.get(state.cfg.criterion)
+    model = copy.deepcopy(state.loaded.module).eval()
+    graph = _graph(state, model)
+    ctx = ScoreContext(model=model, graph=graph, calib=state.data.calib, seed=state.cfg.seed)
+    scores = crit(ctx)
+    state.scores = {k: v.detach().float() for k, v in scores.items()}
+    atomic_torch_save(state.run_dir / "scores.pt", {"criterion": crit.name, "scores": state.scores})
+    return {"criterion": crit.name, "groups": len(scores),
+            "_summary": f"{crit.name}: {len(scores)} groups, {sum(len(v) for v in scores.values())} channels"}
+
+
+def r_score(state: RunState) -> None:
+    if not state.cfg.policy:
+        state.scores = torch.load(state.run_dir / "scores.pt", weights_only=True)["scores"]
+
+
+def _graph(state: RunState, model) -> PruneGraph:
+    try:
+        return PruneGraph(model, _example(state), state.cfg.prune.ignore)
+    except KeyError as e:
+        raise ConfigError(f"prune.ignore names unknown modules: {e.args[0]}",
+                          hint="use module names from model.named_modules()") from None
+
+
+# ------------------------------------------------------------------ tune
+
+def s_tune(state: RunState) -> dict:
+    cfg = state.cfg
+    if cfg.policy:
+        return _replay_policy(state, Path(cfg.policy))
+    base = state.baseline
+    c = cfg.constraints
+    lat_budget = c.latency_ms if c.latency_ms is not None else (
+        base["record"]["latency_ms"]["median"] / c.speedup if c.speedup else None)
+    budgets = Budgets(lat_budget, c.memory_mb, c.max_accuracy_drop, base["calib_accuracy"])
+    model = state.loaded.module
+    groups = _graph(state, copy.deepcopy(model)).groups()
+    ev = GlobalEvaluator(
+        model=model, sample_shape=state.loaded.input_shape, data=state.data, groups=groups, scores=state.scores,
+        round_to=cfg.prune.round_to, ignore=cfg.prune.ignore, recalibrate=cfg.prune.recalibrate_bn,
+        recal_batches=cfg.prune.recalibrate_batches, target=state.target,
+        measure=_measure_settings(state, candidate=True), rounds=cfg.measure.candidate_rounds,
+        baseline_onnx=state.run_dir / "baseline.onnx", baseline_latency_ms=base["record"]["latency_ms"]["median"],
+        export=_export_settings(state), distill=_distill_settings(state, cfg.recovery.tune_steps
+                                                                  if cfg.recovery.method != "none" else 0),
+        workdir=state.run_dir / "candidates")
+    t = cfg.tune
+    limits = SearchLimits(cfg.prune.max_ratio, t.step, t.min_step, t.max_candidates, t.time_limit_s, t.latency_margin)
+    res = search_global(ev, cfg.objective, budgets, limits, log=state.ui.note)
+    shutil.rmtree(state.run_dir / "candidates", ignore_errors=True)
+    if res.chosen is None:
+        raise StageError("the search evaluated no candidate", hint="raise tune.max_candidates or tune.time_limit_s")
+    plan = res.chosen.payload["plan"]
+    plan = PruningPlan(plan.groups, plan.ignore, {**plan.meta, "criterion": cfg.criterion, "objective": cfg.objective})
+    state.plan = plan
+    state.tune = {"budgets": vars(budgets), "stop_reason": res.stop_reason, "log": res.log,
+                  "candidates": [c.to_json() for c in res.candidates]}
+    write_json(state, "policy.json", plan.to_json())
+    write_json(state, "candidates.json", state.tune)
+    ch = res.chosen
+    return {"candidates": len(res.candidates), "chosen_ratio": ch.ratio, "stop_reason": res.stop_reason,
+            "_summary": f"{len(res.candidates)} candidates; ratio {ch.ratio:.3f} -> {ch.latency_ms:.3f} ms "
+                        f"(budget {lat_budget:.3f} ms)" if lat_budget else
+                        f"{len(res.candidates)} candidates; ratio {ch.ratio:.3f}"}
+
+
+def _replay_policy(state: RunState, path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"policy file not found: {path}", hint="pass the policy.json of an earlier run")
+    try:
+        plan = PruningPlan.from_json(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}", hint="pass the policy.json of an earlier run") from None
+    apply_plan(state.loaded.module, _example(state), plan)  # validates it fits this model
+    state.plan = plan
+    state.tune = {"budgets": None, "stop_reason": f"replayed {path}", "log": [], "candidates": []}
+    write_json(state, "policy.json", plan.to_json())
+    write_json(state, "candidates.json", state.tune)
+    return {"replayed": str(path), "_summary": f"replayed {path.name}"}
+
+
+def r_tune(state: RunState) -> None:
+    state.plan = PruningPlan.from_json(read_json(state, "policy.json"))
+    state.tune = read_json(state, "candidates.json")
+
+
+# ------------------------------------------------------------------ prune
+
+def s_prune(state: RunState) -> dict:
+    lm = state.loaded
+    pruned = apply_plan(lm.module, _example(state), state.plan)
+    n_bn = recalibrate_bn(pruned, state.data.calib, state.cfg.prune.recalibrate_batches) \
+        if state.cfg.prune.recalibrate_bn else 0
+    state.pruned = pruned
+    save_pruned(state.run_dir / "pruned_raw.pt", pruned, state.plan, lm.spec)
+    macs, params = macs_params(pruned, lm.input_shape)
+    acc = evaluate_top1(TorchRunner(pruned), state.data.calib)
+    return {"macs": macs, "params": params, "bn_recalibrated": n_bn, "calib_accuracy_oneshot": acc,
+            "_summary": f"{params / 1e6:.2f} M params, {macs / 1e6:.1f} MMACs; one-shot calib acc {acc:.2f}%"}
+
+
+def r_prune(state: RunState) -> None:
+    state.pruned, state.plan = load_pruned(state.run_dir / "pruned_raw.pt", state.loaded.module, _example(state))
+
+
+# ------------------------------------------------------------------ recover
+
+def s_recover(state: RunState) -> dict:
+    r = state.cfg.recovery
+    out = state.run_dir / "pruned.pt"
+    if r.method == "none" or r.steps == 0 or all(len(g.keep) == g.width for g in state.plan.groups):
+        save_pruned(out, state.pruned, state.plan, state.loaded.spec)
+        return {"_status": "skipped", "_summary": "no recovery configured" if r.steps == 0 or r.method == "none"
+                else "nothing pruned"}
+    student = copy.deepcopy(state.pruned)
+    with state.ui.progress("distill", r.steps) as tick:
+        rec = distill(student, state.loaded.module, state.data.train, _distill_settings(state, r.steps),
+                      state.data.labeled, on_step=tick)
+    state.pruned = student
+    save_pruned(out, student, state.plan, state.loaded.spec)
+    acc = evaluate_top1(TorchRunner(student), state.data.calib)
+    return {**rec, "calib_accuracy": acc, "_summary": f"{r.steps} steps KD; calib acc {acc:.2f}%"}
+
+
+def r_recover(state: RunState) -> None:
+    state.pruned, state.plan = load_pruned(state.run_dir / "pruned.pt", state.loaded.module, _example(state))
+
+
+# ------------------------------------------------------------------ export / build / measure
+
+def s_export(state: RunState) -> dict:
+    path = state.run_dir / "model.onnx"
+    exp = export_onnx(state.pruned, state.loaded.input_shape, path, _export_settings(state))
+    with OrtRunner(path) as r:
+        parity = check_parity(state.pruned, r, _parity_inputs(state), state.cfg.export.atol, state.cfg.export.rtol)
+    write_json(state, "parity.json", {"export": exp, "parity": parity})
+    worst = max((v["max_abs"] for v in parity.values()), default=0.0)
+    return {**exp, "parity": parity, "_summary": f"opset {exp['opset']}, {exp['nodes']} nodes, "
+                                                 f"{exp['onnx_bytes'] / 1e6:.2f} MB; parity max_abs {worst:.2e}"}
+
+
+def s_build(state: RunState) -> dict:
+    eng = state.target.build(state.run_dir / "model.onnx", state.loaded.input_shape, state.run_dir)
+    write_json(state, "engine.json", {"target": eng.target, "path": eng.path, "engine_bytes": eng.engine_bytes,
+                                      "build_s": eng.build_s, "meta": dict(eng.meta)})
+    return {"build_s": eng.build_s, "_summary": f"{eng.meta.get('runtime', eng.target)} session in {eng.build_s:.2f}s"}
+
+
+def s_measure(state: RunState) -> dict:
+    lm, data = state.loaded, state.data
+    base_engine = state.target.build(state.run_dir / "baseline.onnx", lm.input_shape, state.run_dir)
+    final_engine = state.target.build(state.run_dir / "model.onnx", lm.input_shape, state.run_dir)
+    timings = state.target.measure([base_engine, final_engine], _measure_settings(state),
+                                   rounds=state.cfg.measure.final_rounds)
+    accs = []
+    for eng in (base_engine, final_engine):
+        with state.target.runner(eng) as r:
+            accs.append(evaluate_top1(r, data.test))
+    bm, bp = macs_params(lm.module, lm.input_shape)
+    fm, fp = macs_params(state.pruned, lm.input_shape)
+    base = measurement_record(timings[0], onnx_bytes=(state.run_dir / "baseline.onnx").stat().st_size,
+                              params=bp, macs=bm, accuracy=accs[0], metric=data.metric)
+    final = measurement_record(timings[1], onnx_bytes=(state.run_dir / "model.onnx").stat().st_size,
+                               params=fp, macs=fm, accuracy=accs[1], metric=data.metric)
+    state.final = {"baseline": base, "final": final}
+    write_json(state, "final.json", state.final)
+    sp = timings[1]["ratio_to_first"]
+    state.final["speedup"] = sp
+    write_json(state, "final.json", state.final)
+    return {"speedup": sp, "accuracy": accs[1],
+            "_summary": f"{base['latency_ms']['median']:.3f} -> {final['latency_ms']['median']:.3f} ms "
+                        f"({sp:.2f}x), {data.metric} {accs[0]:.2f} -> {accs[1]:.2f}%"}
+
+
+def r_measure(state: RunState) -> None:
+    state.final = read_json(state, "final.json")
+
+
+def s_report(state: RunState) -> dict:
+    state.report = build_report(state)
+    write_report(state.run_dir, state.report)
+    v = state.report["constraints"]
+    return {"met": v["met"], "_summary": "constraints met" if v["met"] else "; ".join(v["violations"])}
+
+
+def build_stages() -> list[Stage]:
+    model_keys = ("model", "arch", "data", "input_shape", "trust_checkpoint", "seed")
+    return [
+        Stage("load", s_load, config_keys=model_keys),
+        Stage("baseline", s_baseline, (), ("baseline.onnx", "baseline.json"),
+              (*model_keys, "target", "export", "measure"), r_baseline),
+        Stage("score", s_score, ("baseline.onnx",), ("scores.pt",), (*model_keys, "criterion", "prune", "policy"),
+              r_score),
+        Stage("tune", s_tune, ("baseline.json",), ("policy.json", "candidates.json"),
+              (*model_keys, "criterion", "objective", "constraints", "search", "policy", "prune", "recovery",
+               "tune", "target", "measure", "export"), r_tune),
+        Stage("prune", s_prune, ("policy.json",), ("pruned_raw.pt",), (*model_keys, "prune"), r_prune),
+        Stage("recover", s_recover, ("pruned_raw.pt",), ("pruned.pt",), (*model_keys, "recovery"), r_recover),
+        Stage("export", s_export, ("pruned.pt",), ("model.onnx", "parity.json"), ("export",), lambda s: None),
+        Stage("build", s_build, ("model.onnx",), ("engine.json",), ("target",), lambda s: None),
+        Stage("measure", s_measure, ("model.onnx", "baseline.onnx"), ("final.json",), ("target", "measure"),
+              r_measure),
+        Stage("report", s_report, ("final.json", "candidates.json", "policy.json"),
+              ("report.json", "report.md", "pareto.png"), ("objective", "constraints"), None),
+    ]

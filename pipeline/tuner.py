@@ -1,0 +1,227 @@
+"""The ``global`` search: one pruning ratio for every group, chosen on *measured* cost.
+
+The tuner decides *how much* to prune. Which channels go is the criterion's business, and what a
+candidate costs is the target's; both arrive through the :class:`Evaluator` callbacks, so the
+search logic is testable with a deterministic cost model.
+
+Objectives (the three AAP policies):
+
+- ``latency`` / ``memory``: bisection on the ratio for the *smallest* ratio whose measured
+  resources meet every given budget (latency, memory). Less pruning means more accuracy, so that
+  point maximises accuracy; it gets a short recovery and its accuracy is checked against the
+  floor.
+- ``accuracy``: AAP's adaptive rule (``apdaptive_pruning_given_target``). Step the ratio up by
+  ``step``; a step whose recovered accuracy keeps the floor is accepted, one that breaks it is
+  rolled back to the last good point and the step is halved; stop when the step is below
+  ``min_step``. The accepted candidate with the lowest measured latency wins.
+
+Every search is bounded by ``max_candidates`` evaluations and ``time_limit_s``; an impossible
+budget ends with the best candidate and ``met = False``, never a loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class Candidate:
+    ratio: float
+    key: tuple  # per-group widths; candidates with the same key are the same architecture
+    latency_ms: float
+    memory_mb: float
+    accuracy_oneshot: float | None
+    macs: int
+    params: int
+    accuracy: float | None = None  # after short recovery when recovered, else one-shot
+    recovered: bool = False
+    feasible: bool = False  # resource budgets met
+    accepted: bool = False
+    payload: Any = field(default=None, repr=False)  # evaluator-private (the plan)
+
+    def to_json(self) -> dict:
+        return {
+            "policy": {"kind": "global", "prune_ratio": round(self.ratio, 4)},
+            "latency_ms": self.latency_ms, "memory_mb": self.memory_mb, "macs": self.macs,
+            "params": self.params, "accuracy": self.accuracy, "accuracy_oneshot": self.accuracy_oneshot,
+            "recovered": self.recovered, "feasible": self.feasible, "accepted": self.accepted,
+        }
+
+
+class Evaluator(Protocol):
+    def measure(self, ratio: float) -> Candidate:
+        """Prune at ``ratio`` (one shot + BN re-estimation), export, measure; accuracy on calib."""
+
+    def recover(self, cand: Candidate) -> float:
+        """Short recovery of ``cand``; returns its calibration accuracy."""
+
+
+@dataclass(frozen=True)
+class Budgets:
+    latency_ms: float | None
+    memory_mb: float | None
+    max_accuracy_drop: float | None
+    baseline_accuracy: float | None
+
+    def resources_met(self, c: Candidate, margin: float = 0.0) -> bool:
+        ok = True
+        if self.latency_ms is not None:
+            ok &= c.latency_ms <= self.latency_ms * (1 - margin)
+        if self.memory_mb is not None:
+            ok &= c.memory_mb <= self.memory_mb
+        return ok
+
+    def accuracy_met(self, acc: float | None) -> bool:
+        if self.max_accuracy_drop is None or self.baseline_accuracy is None or acc is None:
+            return True
+        return self.baseline_accuracy - acc <= self.max_accuracy_drop + 1e-9
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    max_ratio: float = 0.9
+    step: float = 0.2
+    min_step: float = 0.02
+    max_candidates: int = 16
+    time_limit_s: float = 600.0
+    latency_margin: float = 0.05
+
+
+@dataclass
+class TuneResult:
+    chosen: Candidate | None
+    candidates: list[Candidate]
+    stop_reason: str
+    log: list[str]
+
+
+class _Budgeted:
+    """Evaluation cache with an iteration and time cap."""
+
+    def __init__(self, ev: Evaluator, limits: SearchLimits, log: Callable[[str], None],
+                 clock: Callable[[], float]) -> None:
+        self.ev, self.limits, self.log, self.clock = ev, limits, log, clock
+        self.start = clock()
+        self.by_key: dict[tuple, Candidate] = {}
+        self.order: list[Candidate] = []
+        self.evaluations = 0
+
+    def exhausted(self) -> str | None:
+        if self.evaluations >= self.limits.max_candidates:
+            return f"candidate cap ({self.limits.max_candidates}) reached"
+        if self.clock() - self.start >= self.limits.time_limit_s:
+            return f"time cap ({self.limits.time_limit_s:.0f}s) reached"
+        return None
+
+    def measure(self, ratio: float) -> Candidate:
+        self.evaluations += 1
+        c = self.ev.measure(ratio)
+        same = self.by_key.get(c.key)
+        if same is not None:  # same widths as an earlier ratio: same architecture, keep the first
+            self.log(f"ratio {ratio:.3f}: same widths as ratio {same.ratio:.3f}")
+            return same
+        self.by_key[c.key] = c
+        self.order.append(c)
+        self.log(f"ratio {ratio:.3f}: {c.latency_ms:.3f} ms, {c.memory_mb:.1f} MB, one-shot acc {_fmt(c.accuracy_oneshot)}")
+        return c
+
+    def recover(self, c: Candidate) -> float | None:
+        if not c.recovered:
+            c.accuracy = self.ev.recover(c)
+            c.recovered = True
+            self.log(f"ratio {c.ratio:.3f}: recovered acc {_fmt(c.accuracy)}")
+        return c.accuracy
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def search_global(ev: Evaluator, objective: str, budgets: Budgets, limits: SearchLimits,
+                  log: Callable[[str], None] = lambda s: None,
+                  clock: Callable[[], float] = time.monotonic) -> TuneResult:
+    """Run the global-ratio search for ``objective``; see the module docstring."""
+    lines: list[str] = []
+
+    def say(s: str) -> None:
+        lines.append(s)
+        log(s)
+
+    b = _Budgeted(ev, limits, say, clock)
+    if objective == "accuracy":
+        chosen, reason = _aap_stepping(b, budgets, limits)
+    else:
+        chosen, reason = _bisect_resources(b, budgets, limits)
+    for c in b.order:
+        c.feasible = budgets.resources_met(c)
+        if c.accuracy is None:
+            c.accuracy = c.accuracy_oneshot
+    if chosen is not None:
+        chosen.accepted = True
+    say(f"stop: {reason}")
+    return TuneResult(chosen, b.order, reason, lines)
+
+
+def _bisect_resources(b: _Budgeted, budgets: Budgets, limits: SearchLimits) -> tuple[Candidate | None, str]:
+    margin = limits.latency_margin
+    lo = b.measure(0.0)
+    if budgets.resources_met(lo, margin):
+        b.recover(lo)
+        return lo, "the unpruned model already meets the budget"
+    hi = b.measure(limits.max_ratio)
+    if not budgets.resources_met(hi, margin):
+        best = min(b.order, key=lambda c: (c.latency_ms, c.memory_mb))
+        b.recover(best)
+        return best, f"budget not reachable: even ratio {limits.max_ratio} misses it (best candidate kept)"
+    b.recover(hi)
+    r_lo, r_hi, best = 0.0, limits.max_ratio, hi
+    reason = "bisection converged"
+    while r_hi - r_lo > limits.min_step:
+        why = b.exhausted()
+        if why:
+            reason = why
+            break
+        mid = round((r_lo + r_hi) / 2, 4)
+        c = b.measure(mid)
+        if budgets.resources_met(c, margin):
+            r_hi = mid
+            if c.ratio <= best.ratio:
+                best = c
+                b.recover(c)
+        else:
+            r_lo = mid
+    return best, reason
+
+
+def _aap_stepping(b: _Budgeted, budgets: Budgets, limits: SearchLimits) -> tuple[Candidate | None, str]:
+    good = b.measure(0.0)
+    b.recover(good)
+    accepted = [good]
+    ratio, step, resets = 0.0, limits.step, 0
+    reason = "step fell below min_step"
+    while step >= limits.min_step:
+        why = b.exhausted()
+        if why:
+            reason = why
+            break
+        nxt = round(min(limits.max_ratio, ratio + step), 4)
+        if nxt <= ratio + 1e-9:
+            reason = f"reached max_ratio {limits.max_ratio}"
+            break
+        c = b.measure(nxt)
+        acc = b.recover(c)
+        if budgets.accuracy_met(acc):
+            accepted.append(c)
+            ratio, resets = nxt, 0
+        else:  # AAP rollback: back to the last good point, halve the step
+            resets += 1
+            step /= 2
+            if resets >= 3 and len(accepted) > 1:  # AAP: after the 3rd reset, back off one more accepted round
+                accepted.pop()
+                ratio = accepted[-1].ratio
+                resets = 0
+    feasible = [c for c in accepted if budgets.resources_met(c)] or accepted
+    return min(feasible, key=lambda c: (c.latency_ms, -c.ratio)), reason

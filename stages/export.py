@@ -1,0 +1,144 @@
+"""Stage ``export``: PyTorch -> one ONNX file, checked, cleaned, and gated on parity.
+
+1. ``torch.onnx.export`` with a pinned opset and a dynamic batch axis, into a single file.
+2. ``onnx.checker`` (full check, with shape inference).
+3. onnx-graphsurgeon sanitize: fold constants, cleanup, toposort, shape inference, repeated
+   until the node count stops shrinking (the loop of TensorRT's efficientdet sample).
+4. Parity gate: ONNX Runtime vs PyTorch on calibration inputs, per output ``max_abs`` and
+   ``max_rel``; an element fails when ``|ort - torch| > atol + rtol * |torch|``. Any failure
+   raises :class:`ParityError` listing every output's diffs; nothing is "exported with a warning".
+
+Exporter choice: the TorchScript ("legacy") exporter is the default. On this CPU it exports the
+default ResNet-20 in ~0.3 s and byte-for-byte reproducibly; the torch.export ("dynamo") exporter
+takes ~8.5 s for the same model, which matters when the tuner exports a dozen candidates. Both
+work with torch 2.14.1; pick ``export.exporter: dynamo`` for models the tracer cannot handle.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from pipeline.errors import ParityError, StageError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    opset: int = 18
+    exporter: str = "legacy"
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+
+def export_onnx(model: nn.Module, sample_shape: tuple[int, ...], path: Path, settings: ExportSettings) -> dict:
+    """Export, check and sanitize ``model`` into ``path`` (written atomically). Returns a record."""
+    model = model.eval()
+    x = torch.zeros((1, *sample_shape))
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _torch_export(model, x, tmp, settings)
+        nodes_before = len(onnx.load(str(tmp)).graph.node)
+        graph = sanitize(onnx.load(str(tmp)))
+        try:
+            onnx.checker.check_model(graph, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise StageError(f"exported ONNX fails onnx.checker: {str(e).splitlines()[0]}",
+                             hint="try export.exporter: dynamo or another opset") from None
+        onnx.save(graph, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"opset": settings.opset, "exporter": settings.exporter, "nodes_before_sanitize": nodes_before,
+            "nodes": len(graph.graph.node), "onnx_bytes": path.stat().st_size}
+
+
+def _torch_export(model: nn.Module, x: torch.Tensor, path: Path, s: ExportSettings) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if s.exporter == "dynamo":
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                arg = next(iter(_forward_arg_names(model)), "x")
+                torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=s.opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_shapes={arg: {0: batch}}, external_data=False, verbose=False)
+            else:
+                torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=s.opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                                  do_constant_folding=True)
+    except Exception as e:  # noqa: BLE001 - exporter failures come in many types
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        other = "dynamo" if s.exporter == "legacy" else "legacy"
+        raise StageError(f"torch.onnx.export ({s.exporter}) failed: {msg}",
+                         hint=f"try export.exporter: {other}, or export.opset 17") from None
+
+
+def _forward_arg_names(model: nn.Module) -> list[str]:
+    import inspect
+
+    return [p for p in inspect.signature(model.forward).parameters if p != "self"]
+
+
+def sanitize(model: onnx.ModelProto, max_passes: int = 5) -> onnx.ModelProto:
+    """onnx-graphsurgeon cleanup loop: fold constants, remove dead nodes, toposort, infer shapes."""
+    import onnx_graphsurgeon as gs
+
+    for _ in range(max_passes):
+        before = len(model.graph.node)
+        graph = gs.import_onnx(model)
+        graph.fold_constants().cleanup().toposort()
+        model = gs.export_onnx(graph)
+        model = onnx.shape_inference.infer_shapes(model)
+        if len(model.graph.node) >= before:
+            break
+    return model
+
+
+def check_parity(model: nn.Module, runner, inputs: torch.Tensor, atol: float, rtol: float) -> dict:
+    """Compare ONNX Runtime (``runner``) with PyTorch on ``inputs``; raise ParityError on a breach.
+
+    Returns per-output ``max_abs``, ``max_rel`` (relative to ``|torch|``, elements with
+    ``|torch| > 1e-6`` only) and the fraction of failing elements.
+    """
+    with torch.no_grad():
+        ref = model.eval()(inputs)
+    refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+    outs = runner.run_all(inputs.numpy())
+    names = getattr(runner, "output_names", [f"output{i}" for i in range(len(outs))])
+    if len(outs) != len(refs):
+        raise ParityError(f"ONNX has {len(outs)} outputs, torch has {len(refs)}", hint="check the export")
+    record, failures = {}, []
+    for name, r, o in zip(names, refs, outs):
+        r = r.detach().numpy()
+        if r.shape != o.shape:
+            failures.append(f"{name}: shape {o.shape} != torch {r.shape}")
+            continue
+        diff = np.abs(o.astype(np.float64) - r.astype(np.float64))
+        mag = np.abs(r.astype(np.float64))
+        rel = diff[mag > 1e-6] / mag[mag > 1e-6]
+        bad = diff > atol + rtol * mag
+        rec = {"max_abs": float(diff.max(initial=0.0)), "max_rel": float(rel.max(initial=0.0)),
+               "fail_frac": float(bad.mean()) if bad.size else 0.0, "atol": atol, "rtol": rtol}
+        record[name] = rec
+        if bad.any():
+            failures.append(f"{name}: max_abs {rec['max_abs']:.3g}, max_rel {rec['max_rel']:.3g}, "
+                            f"{100 * rec['fail_frac']:.2f}% of elements over atol={atol:g} + rtol={rtol:g}*|ref|")
+    if failures:
+        raise ParityError("ONNX Runtime output differs from PyTorch: " + "; ".join(failures),
+                          hint="inspect the graph with `pipeline measure`; loosen export.atol/rtol only if the diff is expected")
+    return record

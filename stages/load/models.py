@@ -1,0 +1,279 @@
+"""Model specs: ``example:NAME``, ``torchvision:NAME``, ``timm:NAME``, ``file:PATH``, ``python:module:factory``.
+
+Nothing here downloads: torchvision weights are used only when already in the local torch hub
+cache, timm models are created without pretrained weights, and checkpoints are read with
+``torch.load(weights_only=True)`` unless the user passes ``--trust-checkpoint``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import ModelLoadError, SpecError, did_you_mean
+from pipeline.registry import Registry
+from stages.load.cifar_resnet import CifarResNet
+from stages.load.data import import_callable
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the pipeline (always in eval mode, on the CPU)."""
+
+    name: str
+    spec: str
+    module: nn.Module
+    input_shape: tuple[int, ...]  # one sample (C, H, W), no batch
+    notes: list[str] = field(default_factory=list)
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return torch.randn((batch, *self.input_shape), generator=torch.Generator().manual_seed(0))
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    spec: str
+    arch: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    trust_checkpoint: bool = False
+
+
+ModelFactory = Callable[[str, ModelRequest], LoadedModel]
+MODEL_SOURCES: Registry[ModelFactory] = Registry("model source")
+EXAMPLES: dict[str, Callable[[], LoadedModel]] = {}
+
+
+def load_model(req: ModelRequest) -> LoadedModel:
+    """Resolve a model spec, then check it: finite weights and a working forward on the example input."""
+    kind, sep, arg = req.spec.partition(":")
+    if not sep:
+        raise SpecError(f"model spec '{req.spec}' has no source prefix",
+                        hint="use e.g. example:digits-resnet, torchvision:resnet18, file:model.pt")
+    lm = MODEL_SOURCES.get(kind)(arg, req)
+    if req.input_shape is not None:
+        lm.input_shape = tuple(req.input_shape)
+    lm.module.eval()
+    check_model(lm)
+    return lm
+
+
+def check_model(lm: LoadedModel) -> None:
+    """Fail early on NaN/inf weights and on a forward pass that fails or produces non-finite output."""
+    bad = [n for n, t in list(lm.module.named_parameters()) + list(lm.module.named_buffers())
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ModelLoadError(f"model '{lm.spec}' has NaN/inf values in {', '.join(bad[:3])}{more}",
+                             hint="the checkpoint is corrupt or training diverged; use an earlier checkpoint")
+    x = lm.example_input(2)
+    try:
+        with torch.no_grad():
+            y = lm.module(x)
+    except Exception as e:  # noqa: BLE001 - any failure of user code is reported the same way
+        raise ModelLoadError(
+            f"model '{lm.spec}' fails on an example input of shape {tuple(x.shape)}: {type(e).__name__}: {_first_line(e)}",
+            hint="set the model's sample shape with --input-shape C,H,W",
+        ) from None
+    if not isinstance(y, torch.Tensor):
+        raise ModelLoadError(f"model '{lm.spec}' returns {type(y).__name__}, expected one tensor",
+                             hint="wrap the model so forward() returns the logits tensor")
+    if not torch.isfinite(y).all():
+        raise ModelLoadError(f"model '{lm.spec}' produces NaN/inf on an example input",
+                             hint="check the weights and the input normalisation")
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:200] if s else ""
+
+
+# ---------------------------------------------------------------- example:
+
+def example_names() -> list[str]:
+    return sorted(EXAMPLES)
+
+
+@MODEL_SOURCES.register("example")
+def _example(arg: str, req: ModelRequest) -> LoadedModel:
+    if arg not in EXAMPLES:
+        raise SpecError(f"unknown example model '{arg}'.{did_you_mean(arg, EXAMPLES)}",
+                        hint=f"examples: {', '.join(example_names())}")
+    return EXAMPLES[arg]()
+
+
+DIGITS_RESNET = {"depth": 20, "width": 32, "in_channels": 1, "num_classes": 10}
+DIGITS_WEIGHTS = "digits_resnet20_w32.pt"
+
+
+def digits_resnet(pretrained: bool = True) -> nn.Module:
+    """The embedded default: ResNet-20 (width 32) trained on digits; weights ship with the package."""
+    model = CifarResNet(**DIGITS_RESNET)
+    if pretrained:
+        ref = resources.files("stages.load") / "weights" / DIGITS_WEIGHTS
+        with resources.as_file(ref) as p:
+            if not p.is_file():
+                raise ModelLoadError(f"embedded weights missing: {p}",
+                                     hint="reinstall the package or run `python -m stages.load.train_digits`")
+            model.load_state_dict(torch.load(p, weights_only=True, map_location="cpu"))
+    return model.eval()
+
+
+EXAMPLES["digits-resnet"] = lambda: LoadedModel("digits-resnet", "example:digits-resnet", digits_resnet(), (1, 32, 32))
+
+
+# ---------------------------------------------------------------- torchvision:
+
+@MODEL_SOURCES.register("torchvision")
+def _torchvision(arg: str, req: ModelRequest) -> LoadedModel:
+    import torchvision
+
+    names = torchvision.models.list_models()
+    if arg not in names:
+        raise SpecError(f"unknown torchvision model '{arg}'.{did_you_mean(arg, names)}",
+                        hint="see torchvision.models.list_models()")
+    model = torchvision.models.get_model(arg, weights=None)
+    notes = []
+    cached = _cached_torchvision_weights(arg)
+    if cached is not None:
+        model.load_state_dict(torch.load(cached, weights_only=True, map_location="cpu"))
+        notes.append(f"weights from local cache {cached}")
+    else:
+        notes.append("random init (no pretrained weights in the local torch hub cache; nothing is downloaded)")
+    shape = (3, 299, 299) if arg == "inception_v3" else (3, 224, 224)
+    return LoadedModel(arg, f"torchvision:{arg}", model, shape, notes)
+
+
+def _cached_torchvision_weights(name: str) -> Path | None:
+    import torchvision
+
+    try:
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+    except (ValueError, AttributeError):
+        return None
+    p = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    return p if p.is_file() else None
+
+
+# ---------------------------------------------------------------- timm:
+
+@MODEL_SOURCES.register("timm")
+def _timm(arg: str, req: ModelRequest) -> LoadedModel:
+    try:
+        import timm
+    except ImportError:
+        raise SpecError("timm is not installed", hint="pip install '.[timm]'") from None
+    try:
+        model = timm.create_model(arg, pretrained=False)
+    except RuntimeError as e:
+        names = timm.list_models()
+        raise SpecError(f"unknown timm model '{arg}'.{did_you_mean(arg, names)}", hint=_first_line(e)) from None
+    shape = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+    return LoadedModel(arg, f"timm:{arg}", model, shape, ["random init (timm, pretrained=False)"])
+
+
+# ---------------------------------------------------------------- python:
+
+@MODEL_SOURCES.register("python")
+def _python(arg: str, req: ModelRequest) -> LoadedModel:
+    fn = import_callable(arg, "model")
+    out = fn()
+    shape = req.input_shape
+    if isinstance(out, tuple) and len(out) == 2:
+        out, example = out
+        shape = tuple(example.shape[1:])
+    if not isinstance(out, nn.Module):
+        raise SpecError(f"python:{arg} returned {type(out).__name__}, expected an nn.Module",
+                        hint="return the model, or (model, example_input)")
+    if shape is None:
+        raise SpecError(f"python:{arg}: input shape unknown", hint="return (model, example_input) or pass --input-shape")
+    return LoadedModel(arg.rsplit(":", 1)[-1], f"python:{arg}", out, tuple(shape))
+
+
+# ---------------------------------------------------------------- file:
+
+@MODEL_SOURCES.register("file")
+def _file(arg: str, req: ModelRequest) -> LoadedModel:
+    path = Path(arg).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}", hint="check the path after file:")
+    obj = _read_checkpoint(path, req.trust_checkpoint)
+    if isinstance(obj, nn.Module):
+        if req.input_shape is None:
+            raise SpecError(f"{path} holds a whole module but its input shape is unknown",
+                            hint="pass --input-shape C,H,W")
+        return LoadedModel(path.stem, f"file:{path}", obj, tuple(req.input_shape))
+    state = _extract_state_dict(obj, path)
+    if req.arch is None:
+        raise SpecError(f"{path} holds a state_dict; the architecture is needed to build the model",
+                        hint="pass --arch torchvision:resnet18 (or example:/timm:/python: spec)")
+    if req.arch.startswith("file:"):
+        raise SpecError("--arch cannot itself be a file: spec", hint="give the architecture as torchvision:/timm:/python:/example:")
+    base = load_model_unchecked(ModelRequest(req.arch, input_shape=req.input_shape))
+    try:
+        base.module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"{path} does not fit architecture '{req.arch}': {_summarise_mismatch(e)}",
+                             hint="check --arch; the checkpoint was saved from a different model") from None
+    base.name, base.spec = path.stem, f"file:{path}"
+    base.notes = [f"weights from {path} (sha256 {_sha256(path)[:12]})"]
+    return base
+
+
+def load_model_unchecked(req: ModelRequest) -> LoadedModel:
+    kind, _, arg = req.spec.partition(":")
+    return MODEL_SOURCES.get(kind)(arg, req)
+
+
+def _read_checkpoint(path: Path, trust: bool) -> object:
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if not trust and "weights_only" in str(e):
+            raise ModelLoadError(
+                f"{path} contains pickled Python objects (e.g. a whole nn.Module), refused by weights_only loading",
+                hint="save model.state_dict() instead, or pass --trust-checkpoint if you trust the file's source",
+            ) from None
+        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint: {_first_line(e)}",
+                             hint="the file may be truncated or corrupt; re-save it") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint: {_first_line(e)}",
+                             hint="the file may be truncated or corrupt; re-save it") from None
+
+
+def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {k.removeprefix("module."): v for k, v in obj.items()}
+    raise ModelLoadError(f"{path} holds {type(obj).__name__}, not a state_dict",
+                         hint="save with torch.save(model.state_dict(), path)")
+
+
+def _summarise_mismatch(e: RuntimeError) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return "; ".join(lines[1:3])[:300] if len(lines) > 1 else lines[0][:300]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def count_params(module: nn.Module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+

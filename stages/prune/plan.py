@@ -1,0 +1,169 @@
+"""Policies and pruning plans.
+
+- A **policy** maps each prunable group to a keep ratio (a global ratio is the special case where
+  every group has the same one).
+- A **plan** is the policy made concrete: for each group, the exact channel indices kept. It is
+  what ``policy.json`` and ``pruned.pt`` store, and replaying it on a fresh copy of the
+  architecture gives the same pruned model, without pickling any module.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.errors import StageError
+from stages.prune.tp_adapter import GroupInfo, PruneGraph, count_macs_params
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    id: str
+    width: int
+    keep: tuple[int, ...]
+
+    @property
+    def keep_ratio(self) -> float:
+        return len(self.keep) / self.width
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Per-group kept channel indices. JSON-serialisable via :meth:`to_json`."""
+
+    groups: tuple[GroupPlan, ...]
+    ignore: tuple[str, ...] = ()
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "format": "edge-pipeline/plan-v1",
+            "ignore": list(self.ignore),
+            "meta": dict(self.meta),
+            "groups": {g.id: {"width": g.width, "kept": len(g.keep), "keep_ratio": round(g.keep_ratio, 4),
+                              "keep_idxs": list(g.keep)} for g in self.groups},
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> PruningPlan:
+        if d.get("format") != "edge-pipeline/plan-v1" or "groups" not in d:
+            raise StageError("not a pruning plan (format edge-pipeline/plan-v1 expected)",
+                             hint="pass the policy.json written by a previous `pipeline run`")
+        groups = tuple(GroupPlan(gid, int(g["width"]), tuple(int(i) for i in g["keep_idxs"]))
+                       for gid, g in d["groups"].items())
+        return cls(groups, tuple(d.get("ignore", ())), dict(d.get("meta", {})))
+
+    def widths(self) -> dict[str, int]:
+        return {g.id: len(g.keep) for g in self.groups}
+
+
+def keep_count(width: int, keep_ratio: float, round_to: int | None) -> int:
+    """Channels kept for a group: ``width * keep_ratio`` rounded to a multiple of ``round_to``.
+
+    Never zero, never more than ``width``; groups narrower than ``round_to`` keep at least
+    ``min(width, round_to)`` channels so the rounding never empties a layer.
+    """
+    raw = width * keep_ratio
+    if not round_to or round_to <= 1:
+        return max(1, min(width, int(math.floor(raw + 0.5))))
+    n = int(math.floor(raw / round_to + 0.5)) * round_to
+    return max(min(width, round_to), min(width, n))
+
+
+def make_plan(groups: list[GroupInfo], scores: Mapping[str, torch.Tensor], keep_ratios: Mapping[str, float],
+              round_to: int | None, ignore: tuple[str, ...] = (), meta: Mapping[str, object] | None = None) -> PruningPlan:
+    """Keep the top-scoring channels of each group according to its keep ratio.
+
+    Ties are broken by channel index, so the plan is deterministic.
+    """
+    out = []
+    for g in groups:
+        ratio = float(keep_ratios.get(g.id, 1.0))
+        n = keep_count(g.width, ratio, round_to) if ratio < 1.0 else g.width
+        s = scores.get(g.id)
+        if s is None or len(s) != g.width:
+            raise StageError(f"criterion gave no scores of length {g.width} for group '{g.id}'",
+                             hint="the criterion does not support this layer type; try --criterion magnitude-l2")
+        s = torch.nan_to_num(s.float(), nan=-math.inf)
+        order = sorted(range(g.width), key=lambda i: (-float(s[i]), i))
+        out.append(GroupPlan(g.id, g.width, tuple(sorted(order[:n]))))
+    return PruningPlan(tuple(out), ignore, dict(meta or {}))
+
+
+def uniform_ratios(groups: list[GroupInfo], prune_ratio: float) -> dict[str, float]:
+    """The global policy: every group keeps ``1 - prune_ratio`` of its channels."""
+    return {g.id: 1.0 - prune_ratio for g in groups}
+
+
+def apply_plan(model: nn.Module, example_input: torch.Tensor, plan: PruningPlan) -> nn.Module:
+    """Return a pruned deep copy of ``model``; the input model is never modified.
+
+    After pruning, a forward pass checks the output shape is unchanged and finite.
+    """
+    pruned = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        ref = model(example_input)
+    graph = PruneGraph(pruned, example_input, plan.ignore)
+    current = {g.id: g for g in graph.groups()}
+    remove = {}
+    for gp in plan.groups:
+        if gp.id not in current:
+            raise StageError(f"plan group '{gp.id}' is not a prunable group of this model",
+                             hint="the plan was made for a different architecture")
+        if current[gp.id].width != gp.width:
+            raise StageError(f"plan group '{gp.id}' has width {gp.width}, model has {current[gp.id].width}",
+                             hint="the plan was made for a different architecture")
+        keep = set(gp.keep)
+        remove[gp.id] = [i for i in range(gp.width) if i not in keep]
+    graph.prune(remove)
+    check_pruned(pruned, example_input, tuple(ref.shape))
+    return pruned
+
+
+def check_pruned(model: nn.Module, example_input: torch.Tensor, expected_shape: tuple[int, ...]) -> None:
+    try:
+        with torch.no_grad():
+            out = model(example_input)
+    except Exception as e:  # noqa: BLE001
+        raise StageError(f"pruned model fails its forward pass: {type(e).__name__}: {e}",
+                         hint="Torch-Pruning could not handle a layer; add it to prune.ignore") from None
+    if tuple(out.shape) != expected_shape:
+        raise StageError(f"pruned model output shape {tuple(out.shape)} != original {expected_shape}",
+                         hint="add the output layer to prune.ignore")
+    if not torch.isfinite(out).all():
+        raise StageError("pruned model produces NaN/inf", hint="lower the pruning ratio")
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: Dataset, batches: int, batch_size: int = 64) -> int:
+    """Re-estimate BatchNorm running statistics on calibration data (EagleEye's adaptive BN).
+
+    Forward only, no labels. Returns the number of BN layers reset (0 means nothing to do).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the calibration batches
+    model.train()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    for i, (x, _) in enumerate(loader):
+        if i >= batches:
+            break
+        model(x)
+    model.eval()
+    for m in bns:
+        m.momentum = 0.1
+    return len(bns)
+
+
+def macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """MACs at batch 1 and parameter count."""
+    return count_macs_params(model, torch.zeros((1, *input_shape)))

@@ -1,0 +1,161 @@
+"""Target ``cpu``: ONNX Runtime, CPU execution provider, graph optimisation ALL.
+
+Latency and memory are measured in a fresh Python process per measurement
+(:mod:`targets.ort_worker`), so the peak RSS belongs to the model and no state of the parent
+(torch's OpenMP pool, caches) leaks into the numbers. Several engines measured together are
+interleaved round by round (A B A B ...), so that a ratio between them is taken under the same
+machine conditions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import StageError
+from targets.base import Engine, MeasureSettings
+from targets.ort_runner import OrtRunner
+from targets.stats import latency_stats
+
+WORKER_TIMEOUT_S = 300
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyper-threads counted once)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:
+        allowed = set(range(os.cpu_count() or 1))
+    cores = set()
+    try:
+        for cpu in allowed:
+            p = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            cores.add(((p / "physical_package_id").read_text().strip(), (p / "core_id").read_text().strip()))
+    except OSError:
+        return max(1, len(allowed))
+    return max(1, len(cores))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ort_version() -> str:
+    from importlib.metadata import version
+
+    return version("onnxruntime")
+
+
+class CpuTarget:
+    name = "cpu"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.optimization = str(options.get("graph_optimization", "all"))
+        self._empty_rss: float | None = None
+
+    def describe(self, threads: int | None = None) -> str:
+        t = threads or physical_cores()
+        return f"cpu: onnxruntime {_ort_version()} CPUExecutionProvider, {t} threads, {cpu_name()}"
+
+    def build(self, onnx_path: Path, sample_shape: tuple[int, ...], out_dir: Path) -> Engine:
+        """ORT builds its optimised graph in memory: check the session loads and time it."""
+        t0 = time.perf_counter()
+        try:
+            with OrtRunner(onnx_path, optimization=self.optimization):
+                pass
+        except Exception as e:  # noqa: BLE001
+            raise StageError(f"ONNX Runtime cannot load {onnx_path.name}: {e}",
+                             hint="check the export opset; see logs/ for the full error") from None
+        return Engine(self.name, Path(onnx_path), None, None, time.perf_counter() - t0, tuple(sample_shape),
+                      {"runtime": f"onnxruntime {_ort_version()}", "graph_optimization": self.optimization})
+
+    def runner(self, engine: Engine) -> AbstractContextManager[OrtRunner]:
+        return OrtRunner(engine.onnx_path, optimization=self.optimization)
+
+    def _spawn(self, args: dict) -> dict:
+        env = dict(os.environ)
+        # the worker must not inherit thread settings meant for torch in the parent
+        for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.pop(k, None)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        try:
+            proc = subprocess.run([sys.executable, "-m", "targets.ort_worker", json.dumps(args)],
+                                  capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=env, check=False)
+        except subprocess.TimeoutExpired:
+            raise StageError(f"measurement of {args.get('model')} exceeded {WORKER_TIMEOUT_S}s",
+                             hint="lower measure.min_duration_s") from None
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise StageError(f"measurement process failed (exit {proc.returncode}): {tail}",
+                             hint="run `pipeline measure MODEL.onnx` to reproduce")
+        out = json.loads(lines[-1])
+        if "error" in out:
+            raise StageError(f"measurement failed: {out['error']}", hint="run `pipeline measure MODEL.onnx` to reproduce")
+        return out
+
+    def empty_rss_mb(self) -> float:
+        """Peak RSS of a process that imports the runtime and loads no model (measured once)."""
+        if self._empty_rss is None:
+            self._empty_rss = float(self._spawn({"mode": "memory"})["peak_rss_mb"])
+        return self._empty_rss
+
+    def measure(self, engines: Sequence[Engine], settings: MeasureSettings, rounds: int = 1) -> list[dict]:
+        """Measure engines together: latency interleaved in one fresh process, memory one process each.
+
+        Returns one record per engine: latency stats over all samples (ms), per-round medians,
+        throughput (samples/s), peak RSS, and ``memory_mb`` = peak RSS growth over a process that
+        only imported the runtime. With two or more engines, ``ratio_to_first`` is the median over
+        rounds of (first engine's round median / this engine's round median): the speedup,
+        measured under the same machine conditions.
+        """
+        threads = settings.threads or physical_cores()
+        shape = list(engines[0].sample_shape)
+        lat = self._spawn({
+            "mode": "latency", "models": [str(e.onnx_path) for e in engines], "threads": threads,
+            "batch": settings.batch, "sample_shape": shape, "rounds": rounds, "warmup_s": settings.warmup_s,
+            "min_duration_s": settings.min_duration_s, "min_iters": settings.min_iters,
+        })
+        empty = self.empty_rss_mb()
+        round_medians = [[latency_stats(r)["median"] for r in per] for per in lat["rounds"]]
+        records = []
+        for i, e in enumerate(engines):
+            samples = [x for r in lat["rounds"][i] for x in r]
+            stats = latency_stats(samples)
+            peak = float(self._spawn({"mode": "memory", "model": str(e.onnx_path), "threads": threads,
+                                      "batch": settings.batch, "sample_shape": shape})["peak_rss_mb"])
+            ratios = [a / b for a, b in zip(round_medians[0], round_medians[i]) if b > 0]
+            records.append({
+                "latency_ms": {k: stats[k] for k in ("median", "p90", "p99", "mean", "std", "cv")},
+                "iterations": stats["n"],
+                "round_medians_ms": round_medians[i],
+                "ratio_to_first": statistics.median(ratios) if ratios else None,
+                "throughput": settings.batch * stats["n"] / lat["wall_s"][i] if lat["wall_s"][i] > 0 else 0.0,
+                "peak_rss_mb": peak,
+                "empty_rss_mb": empty,
+                "memory_mb": max(0.0, peak - empty),
+                "session_create_s": lat["session_create_s"][i],
+                "first_run_ms": lat["first_run_ms"][i],
+                "batch": settings.batch,
+                "threads": threads,
+                "rounds": rounds,
+                "engine_bytes": e.engine_bytes,
+                "measured_on": self.describe(threads),
+            })
+        return records

@@ -181,7 +181,8 @@ def main() -> None:
     from pipeline.console import Console
 
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns the exit code instead of raising
+        sys.exit(rc if isinstance(rc, int) else 0)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except PipelineError as e:

@@ -47,12 +47,30 @@ def plan_text(cfg: RunConfig, out: Path | None) -> str:
     return "\n".join(lines)
 
 
+def check_names(cfg: RunConfig) -> None:
+    """Fail before any work (and before a run folder exists) on names that cannot resolve."""
+    from stages.load.data import DATA_SOURCES
+    from stages.load.models import MODEL_SOURCES
+    from stages.prune.plan import PruningPlan
+    from stages.score import CRITERIA
+
+    MODEL_SOURCES.get(cfg.model.partition(":")[0])
+    if cfg.arch:
+        MODEL_SOURCES.get(cfg.arch.partition(":")[0])
+    DATA_SOURCES.get(cfg.data.partition(":")[0])
+    if cfg.policy:
+        PruningPlan.from_file(Path(cfg.policy))
+    else:
+        CRITERIA.get(cfg.criterion)
+
+
 def run_pipeline(cfg: RunConfig, out: Path | None, resume: bool, ui) -> bool:
     """Run every stage; return True when the constraints are met."""
     from pipeline.steps import build_stages
     from targets import get_target
 
     target = get_target(cfg.target)  # unknown or unavailable targets fail before any work
+    check_names(cfg)
     if cfg.device is not None:
         raise ConfigError(f"target '{cfg.target}' does not run on a remote --device in this release",
                           hint="drop --device; remote devices come with the jetson target")

@@ -22,8 +22,9 @@ class Registry(Generic[T]):
         kind: What the entries are ("criterion", "target", ...); used in error messages.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -49,7 +50,7 @@ class Registry(Generic[T]):
             known = ", ".join(sorted(self._entries))
             raise SpecError(
                 f"unknown {self.kind} '{name}'.{did_you_mean(name, self._entries)}",
-                hint=f"known {self.kind}s: {known}",
+                hint=f"known {self.plural}: {known}",
             ) from None
 
     def names(self, pattern: str = "*") -> list[str]:

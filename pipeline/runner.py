@@ -106,10 +106,11 @@ def execute(stages: list[Stage], state: RunState, resume: bool) -> list[StageRec
         "config": state.cfg.model_dump(mode="json"), "versions": versions(),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
-    stale = False
     for st in stages:
         cdig = _config_digest(state.cfg, st.config_keys)
-        if (old is not None and not stale and st.restore is not None
+        # a rerun upstream stage that writes different files changes this stage's input hashes,
+        # so freshness propagates through the files themselves
+        if (old is not None and st.restore is not None
                 and old.is_fresh(st.name, cdig, list(st.inputs), list(st.outputs))):
             t0 = time.perf_counter()
             st.restore(state)
@@ -119,7 +120,6 @@ def execute(stages: list[Stage], state: RunState, resume: bool) -> list[StageRec
             state.records.append(rec)
             state.ui.stage_done(st.name, rec.status, time.perf_counter() - t0, "resumed from run folder")
             continue
-        stale = True  # everything after a rerun stage reruns too
         state.ui.stage_start(st.name)
         t0 = time.perf_counter()
         ins = manifest.hashes(list(st.inputs))

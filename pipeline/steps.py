@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from pathlib import Path
 
@@ -171,12 +170,7 @@ def s_tune(state: RunState) -> dict:
 
 
 def _replay_policy(state: RunState, path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"policy file not found: {path}", hint="pass the policy.json of an earlier run")
-    try:
-        plan = PruningPlan.from_json(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}", hint="pass the policy.json of an earlier run") from None
+    plan = PruningPlan.from_file(path)
     apply_plan(state.loaded.module, _example(state), plan)  # validates it fits this model
     state.plan = plan
     state.tune = {"budgets": None, "stop_reason": f"replayed {path}", "log": [], "candidates": []}
@@ -295,9 +289,8 @@ def build_stages() -> list[Stage]:
         Stage("load", s_load, config_keys=model_keys),
         Stage("baseline", s_baseline, (), ("baseline.onnx", "baseline.json"),
               (*model_keys, "target", "export", "measure"), r_baseline),
-        Stage("score", s_score, ("baseline.onnx",), ("scores.pt",), (*model_keys, "criterion", "prune", "policy"),
-              r_score),
-        Stage("tune", s_tune, ("baseline.json",), ("policy.json", "candidates.json"),
+        Stage("score", s_score, (), ("scores.pt",), (*model_keys, "criterion", "prune", "policy"), r_score),
+        Stage("tune", s_tune, ("baseline.json", "scores.pt"), ("policy.json", "candidates.json"),
               (*model_keys, "criterion", "objective", "constraints", "search", "policy", "prune", "recovery",
                "tune", "target", "measure", "export"), r_tune),
         Stage("prune", s_prune, ("policy.json",), ("pruned_raw.pt",), (*model_keys, "prune"), r_prune),

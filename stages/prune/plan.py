@@ -10,15 +10,17 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.errors import StageError
+from pipeline.errors import ConfigError, StageError
 from stages.prune.tp_adapter import GroupInfo, PruneGraph, count_macs_params
 
 
@@ -53,11 +55,22 @@ class PruningPlan:
     @classmethod
     def from_json(cls, d: Mapping) -> PruningPlan:
         if d.get("format") != "edge-pipeline/plan-v1" or "groups" not in d:
-            raise StageError("not a pruning plan (format edge-pipeline/plan-v1 expected)",
+            raise ConfigError("not a pruning plan (format edge-pipeline/plan-v1 expected)",
                              hint="pass the policy.json written by a previous `pipeline run`")
         groups = tuple(GroupPlan(gid, int(g["width"]), tuple(int(i) for i in g["keep_idxs"]))
                        for gid, g in d["groups"].items())
         return cls(groups, tuple(d.get("ignore", ())), dict(d.get("meta", {})))
+
+    @classmethod
+    def from_file(cls, path: Path) -> PruningPlan:
+        """Read a ``policy.json``; a missing or malformed file is a ConfigError."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"policy file not found: {path}", hint="pass the policy.json of an earlier run")
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}", hint="pass the policy.json of an earlier run") from None
 
     def widths(self) -> dict[str, int]:
         return {g.id: len(g.keep) for g in self.groups}

@@ -64,7 +64,7 @@ class Criterion:
         return self.fn(ctx)
 
 
-CRITERIA: Registry[Criterion] = Registry("criterion")
+CRITERIA: Registry[Criterion] = Registry("criterion", "criteria")
 
 
 def register(name: str, *, needs: Needs, granularity: str, source: str, summary: str) -> Callable[[ScoreFn], ScoreFn]:

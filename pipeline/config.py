@@ -92,6 +92,7 @@ class RunConfig(_Frozen):
     data: str = "digits"
     input_shape: tuple[int, ...] | None = None
     target: str = "cpu"
+    target_options: dict[str, Any] = Field(default_factory=dict)
     device: str | None = None
     objective: Literal["latency", "memory", "accuracy"] = "latency"
     constraints: Constraints = Constraints()

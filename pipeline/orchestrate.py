@@ -69,11 +69,9 @@ def run_pipeline(cfg: RunConfig, out: Path | None, resume: bool, ui) -> bool:
     from pipeline.steps import build_stages
     from targets import get_target
 
-    target = get_target(cfg.target)  # unknown or unavailable targets fail before any work
+    options = {**cfg.target_options, **({"device": cfg.device} if cfg.device else {})}
+    target = get_target(cfg.target, options)  # unknown/unavailable targets and options fail before any work
     check_names(cfg)
-    if cfg.device is not None:
-        raise ConfigError(f"target '{cfg.target}' does not run on a remote --device in this release",
-                          hint="drop --device; remote devices come with the jetson target")
     run_dir = Path(out) if out else default_run_dir(_model_name(cfg.model))
     prepare_run_dir(run_dir, resume)
     handler = logging.FileHandler(run_dir / "logs" / "pipeline.log")

@@ -69,7 +69,7 @@ class GlobalEvaluator:
         latency = self.baseline_latency_ms / timing["ratio_to_first"]
         macs, params = macs_params(pruned, self.sample_shape)
         acc = evaluate_top1(TorchRunner(pruned), self.data.calib)
-        cand = Candidate(ratio, key, latency, timing["memory_mb"], acc, macs, params,
+        cand = Candidate(ratio, key, latency, timing["memory_mb"], acc, macs, params, speedup=timing["ratio_to_first"],
                          payload={"plan": plan, "model": pruned, "raw_latency_ms": timing["latency_ms"]["median"]})
         self._cache[key] = cand
         onnx_path.unlink(missing_ok=True)

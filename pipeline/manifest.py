@@ -85,6 +85,7 @@ class StageRecord:
     outputs: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 class Manifest:

@@ -129,7 +129,7 @@ def execute(stages: list[Stage], state: RunState, resume: bool) -> list[StageRec
             secs = time.perf_counter() - t0
             msg = e.message if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
             log.error("stage %s failed: %s\n%s", st.name, msg, traceback.format_exc())
-            rec = StageRecord(st.name, "failed", secs, cdig, ins, {}, {}, msg)
+            rec = StageRecord(st.name, "failed", secs, cdig, ins, {}, {}, msg, versions())
             manifest.record(rec)
             state.records.append(rec)
             state.ui.stage_done(st.name, "failed", secs, msg)
@@ -140,7 +140,7 @@ def execute(stages: list[Stage], state: RunState, resume: bool) -> list[StageRec
         missing = [p for p in st.outputs if p not in outs]
         if missing and status == "ok":
             raise StageError(f"stage {st.name} did not write {', '.join(missing)}", hint="this is a bug; see logs/")
-        rec = StageRecord(st.name, status, secs, cdig, ins, outs, metrics)
+        rec = StageRecord(st.name, status, secs, cdig, ins, outs, metrics, None, versions())
         manifest.record(rec)
         state.records.append(rec)
         state.ui.stage_done(st.name, status, secs, metrics.get("_summary", ""))

@@ -36,6 +36,7 @@ class Candidate:
     accuracy_oneshot: float | None
     macs: int
     params: int
+    speedup: float | None = None  # vs the unpruned model, measured interleaved in one process
     accuracy: float | None = None  # after short recovery when recovered, else one-shot
     recovered: bool = False
     feasible: bool = False  # resource budgets met
@@ -45,7 +46,7 @@ class Candidate:
     def to_json(self) -> dict:
         return {
             "policy": {"kind": "global", "prune_ratio": round(self.ratio, 4)},
-            "latency_ms": self.latency_ms, "memory_mb": self.memory_mb, "macs": self.macs,
+            "latency_ms": self.latency_ms, "speedup": self.speedup, "memory_mb": self.memory_mb, "macs": self.macs,
             "params": self.params, "accuracy": self.accuracy, "accuracy_oneshot": self.accuracy_oneshot,
             "recovered": self.recovered, "feasible": self.feasible, "accepted": self.accepted,
         }

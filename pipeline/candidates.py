@@ -18,7 +18,8 @@ from pipeline.tuner import Candidate
 from stages.export import ExportSettings, export_onnx
 from stages.load.data import DataBundle
 from stages.measure import TorchRunner, evaluate_top1
-from stages.prune.plan import apply_plan, macs_params, make_plan, recalibrate_bn, uniform_ratios
+from stages.prune.apply import Pruner
+from stages.prune.plan import macs_params, make_plan, uniform_ratios
 from stages.prune.tp_adapter import GroupInfo
 from stages.recover import DistillSettings, distill
 from targets.base import MeasureSettings, Target
@@ -29,12 +30,12 @@ class GlobalEvaluator:
 
     def __init__(self, *, model: nn.Module, sample_shape: tuple[int, ...], data: DataBundle, groups: list[GroupInfo],
                  scores: dict[str, torch.Tensor], round_to: int | None, ignore: tuple[str, ...],
-                 recalibrate: bool, recal_batches: int, target: Target, measure: MeasureSettings,
+                 pruner: Pruner, target: Target, measure: MeasureSettings,
                  export: ExportSettings, distill: DistillSettings, workdir: Path,
                  baseline_onnx: Path, baseline_latency_ms: float, rounds: int) -> None:
         self.model, self.sample_shape, self.data = model, sample_shape, data
         self.groups, self.scores, self.round_to, self.ignore = groups, scores, round_to, ignore
-        self.recalibrate, self.recal_batches = recalibrate, recal_batches
+        self.pruner = pruner
         self.target, self.measure_settings, self.export_settings = target, measure, export
         self.distill_settings = distill
         self.workdir = Path(workdir)
@@ -42,24 +43,17 @@ class GlobalEvaluator:
         self.baseline_latency_ms, self.rounds = baseline_latency_ms, rounds
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._cache: dict[tuple, Candidate] = {}
-        self._example = torch.zeros((2, *sample_shape))
 
     def plan_for(self, ratio: float):
         return make_plan(self.groups, self.scores, uniform_ratios(self.groups, ratio), self.round_to, self.ignore,
                          meta={"search": "global", "prune_ratio": ratio, "round_to": self.round_to})
-
-    def build_model(self, plan) -> nn.Module:
-        pruned = apply_plan(self.model, self._example, plan)
-        if self.recalibrate:
-            recalibrate_bn(pruned, self.data.calib, self.recal_batches)
-        return pruned
 
     def measure(self, ratio: float) -> Candidate:
         plan = self.plan_for(ratio)
         key = tuple(sorted(plan.widths().items()))
         if key in self._cache:
             return self._cache[key]
-        pruned = self.build_model(plan) if ratio > 0 else copy.deepcopy(self.model)
+        pruned = self.pruner.build(plan) if ratio > 0 else copy.deepcopy(self.model)
         onnx_path = self.workdir / f"candidate-{len(self._cache):02d}.onnx"
         export_onnx(pruned, self.sample_shape, onnx_path, self.export_settings)
         engine = self.target.build(onnx_path, self.sample_shape, self.workdir)

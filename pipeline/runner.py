@@ -158,6 +158,7 @@ def save_pruned(path: Path, model: nn.Module, plan, spec: str, extra: dict | Non
 
 def load_pruned(path: Path, base: nn.Module, example: torch.Tensor) -> tuple[nn.Module, Any]:
     """Rebuild a pruned model: replay the plan on ``base`` (not modified), load the weights."""
+    from stages.prune.compensate import ensure_bias_params
     from stages.prune.plan import PruningPlan, apply_plan
 
     blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -165,6 +166,7 @@ def load_pruned(path: Path, base: nn.Module, example: torch.Tensor) -> tuple[nn.
         raise StageError(f"{path} is not a pruned checkpoint of this tool", hint="rerun without --resume")
     plan = PruningPlan.from_json(blob["plan"])
     model = apply_plan(base, example, plan)
+    ensure_bias_params(model, blob["state_dict"])  # STADE's compensation may have created biases
     model.load_state_dict(blob["state_dict"])
     return model.eval(), plan
 

@@ -18,7 +18,8 @@ from stages.export import ExportSettings, check_parity, export_onnx
 from stages.load.data import load_data, with_model_labels
 from stages.load.models import ModelRequest, load_model
 from stages.measure import TorchRunner, evaluate_top1, measurement_record
-from stages.prune.plan import PruningPlan, apply_plan, macs_params, recalibrate_bn
+from stages.prune.apply import Pruner, PruneSettings
+from stages.prune.plan import PruningPlan, apply_plan, macs_params
 from stages.prune.tp_adapter import PruneGraph
 from stages.recover import DistillSettings, distill
 from stages.score import CRITERIA, ScoreContext
@@ -142,8 +143,7 @@ def s_tune(state: RunState) -> dict:
     groups = _graph(state, copy.deepcopy(model)).groups()
     ev = GlobalEvaluator(
         model=model, sample_shape=state.loaded.input_shape, data=state.data, groups=groups, scores=state.scores,
-        round_to=cfg.prune.round_to, ignore=cfg.prune.ignore, recalibrate=cfg.prune.recalibrate_bn,
-        recal_batches=cfg.prune.recalibrate_batches, target=state.target,
+        round_to=cfg.prune.round_to, ignore=cfg.prune.ignore, pruner=_pruner(state), target=state.target,
         measure=_measure_settings(state, candidate=True), rounds=cfg.measure.candidate_rounds,
         baseline_onnx=state.run_dir / "baseline.onnx", baseline_latency_ms=base["record"]["latency_ms"]["median"],
         export=_export_settings(state), distill=_distill_settings(state, cfg.recovery.tune_steps
@@ -186,16 +186,23 @@ def r_tune(state: RunState) -> None:
 
 # ------------------------------------------------------------------ prune
 
+def _pruner(state: RunState) -> Pruner:
+    p = state.cfg.prune
+    criterion = state.plan.meta.get("criterion", state.cfg.criterion) if state.cfg.policy and state.plan \
+        else state.cfg.criterion
+    return Pruner(state.loaded.module, _example(state), state.data.calib,
+                  PruneSettings(str(criterion), p.recalibrate_bn, p.recalibrate_batches))
+
+
 def s_prune(state: RunState) -> dict:
     lm = state.loaded
-    pruned = apply_plan(lm.module, _example(state), state.plan)
-    n_bn = recalibrate_bn(pruned, state.data.calib, state.cfg.prune.recalibrate_batches) \
-        if state.cfg.prune.recalibrate_bn else 0
+    pruned = _pruner(state).build(state.plan)
     state.pruned = pruned
     save_pruned(state.run_dir / "pruned_raw.pt", pruned, state.plan, lm.spec)
     macs, params = macs_params(pruned, lm.input_shape)
     acc = evaluate_top1(TorchRunner(pruned), state.data.calib)
-    return {"macs": macs, "params": params, "bn_recalibrated": n_bn, "calib_accuracy_oneshot": acc,
+    return {"macs": macs, "params": params, "bn_recalibrated": state.cfg.prune.recalibrate_bn,
+            "calib_accuracy_oneshot": acc,
             "_summary": f"{params / 1e6:.2f} M params, {macs / 1e6:.1f} MMACs; one-shot calib acc {acc:.2f}%"}
 
 

@@ -244,3 +244,29 @@ def test_listing_commands(cli):
     assert code == 0 and "magnitude-l2" in text and "aap" in text
     code, text, _ = cli("targets")
     assert code == 0 and "cpu" in text and "jetson" in text
+
+
+def test_stade_criterion_end_to_end_with_bias_compensation(cli, tmp_path):
+    """A compensated criterion through every stage: scoring, compensated pruning, export parity, resume load."""
+    from tests.conftest import FAST_YAML
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(FAST_YAML.replace("steps: 60", "steps: 5").replace("max_candidates: 6", "max_candidates: 3"))
+    code, _, err = cli("run", "--config", cfg, "--criterion", "stade", "--out", tmp_path / "r", "-q")
+    assert code in (0, 1), err
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["criterion"] == "stade" and rep["final"]["macs"] < rep["baseline"]["macs"]
+    parity = json.loads((tmp_path / "r" / "parity.json").read_text())["parity"]
+    assert parity["output"]["fail_frac"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion", __import__("stages.score", fromlist=["CRITERIA"]).CRITERIA.names())
+def test_every_criterion_end_to_end(cli, tmp_path, criterion):
+    from tests.conftest import FAST_YAML
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(FAST_YAML)
+    code, _, err = cli("run", "--config", cfg, "--criterion", criterion, "--out", tmp_path / "r", "-q")
+    assert code in (0, 1), err
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["criterion"] == criterion

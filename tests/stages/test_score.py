@@ -93,7 +93,7 @@ def test_taylor_by_hand():
     assert all(p.grad is None for p in m.parameters())  # gradients are cleaned up
 
 
-HAND_TESTED = {"magnitude-l1", "magnitude-l2", "bn-scale", "aap", "taylor"}
+HAND_TESTED = {"magnitude-l1", "magnitude-l2", "bn-scale", "aap", "taylor", "wanda", "stade", "stadew"}
 
 
 def test_every_registered_criterion_has_a_hand_computed_test():

@@ -9,6 +9,7 @@ the final verdict), in PyTorch for speed; the final accuracy is always taken thr
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -25,8 +26,12 @@ from stages.recover import DistillSettings, distill
 from targets.base import MeasureSettings, Target
 
 
-class GlobalEvaluator:
-    """Evaluates global-ratio candidates; identical widths are evaluated once."""
+class CandidateEvaluator:
+    """Evaluates pruning policies (group -> keep ratio) on the target; identical widths are evaluated once.
+
+    :meth:`measure` takes a global ratio (the ``global`` search); :meth:`measure_policy` takes any
+    per-group policy (per-layer searches).
+    """
 
     def __init__(self, *, model: nn.Module, sample_shape: tuple[int, ...], data: DataBundle, groups: list[GroupInfo],
                  scores: dict[str, torch.Tensor], round_to: int | None, ignore: tuple[str, ...],
@@ -39,21 +44,40 @@ class GlobalEvaluator:
         self.target, self.measure_settings, self.export_settings = target, measure, export
         self.distill_settings = distill
         self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.baseline_engine = target.build(Path(baseline_onnx), sample_shape, self.workdir)
         self.baseline_latency_ms, self.rounds = baseline_latency_ms, rounds
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.evaluations = 0  # full-model measurements actually made
         self._cache: dict[tuple, Candidate] = {}
+        self._full_key = tuple(sorted((g.id, g.width) for g in groups))
 
-    def plan_for(self, ratio: float):
-        return make_plan(self.groups, self.scores, uniform_ratios(self.groups, ratio), self.round_to, self.ignore,
-                         meta={"search": "global", "prune_ratio": ratio, "round_to": self.round_to})
+    def plan_for(self, keep_ratios: Mapping[str, float], meta: Mapping[str, object]):
+        return make_plan(self.groups, self.scores, keep_ratios, self.round_to, self.ignore,
+                         meta={**meta, "round_to": self.round_to})
 
     def measure(self, ratio: float) -> Candidate:
-        plan = self.plan_for(ratio)
+        """A global ratio: every group keeps ``1 - ratio`` of its channels."""
+        return self.measure_policy(uniform_ratios(self.groups, ratio), {"kind": "global", "prune_ratio": round(ratio, 4)},
+                                   ratio)
+
+    def measure_policy(self, keep_ratios: Mapping[str, float], policy: Mapping[str, object],
+                       ratio: float | None = None) -> Candidate:
+        """Prune with a per-group policy (one shot + BN re-estimation), export, measure on the target.
+
+        Args:
+            keep_ratios: group id -> keep ratio (missing groups keep everything).
+            policy: How to describe this candidate in the report (JSON-serialisable).
+            ratio: The candidate's prune ratio for ordering; default: the fraction of channels removed.
+        """
+        plan = self.plan_for(keep_ratios, {**policy, "search": policy.get("kind", "per-group")})
         key = tuple(sorted(plan.widths().items()))
         if key in self._cache:
             return self._cache[key]
-        pruned = self.pruner.build(plan) if ratio > 0 else copy.deepcopy(self.model)
+        total = sum(g.width for g in plan.groups)
+        removed = 1.0 - sum(len(g.keep) for g in plan.groups) / total if total else 0.0
+        ratio = removed if ratio is None else ratio
+        self.evaluations += 1
+        pruned = self.pruner.build(plan) if removed > 0 else copy.deepcopy(self.model)
         onnx_path = self.workdir / f"candidate-{len(self._cache):02d}.onnx"
         export_onnx(pruned, self.sample_shape, onnx_path, self.export_settings)
         engine = self.target.build(onnx_path, self.sample_shape, self.workdir)
@@ -64,13 +88,13 @@ class GlobalEvaluator:
         macs, params = macs_params(pruned, self.sample_shape)
         acc = evaluate_top1(TorchRunner(pruned), self.data.calib)
         cand = Candidate(ratio, key, latency, timing["memory_mb"], acc, macs, params, speedup=timing["ratio_to_first"],
-                         payload={"plan": plan, "model": pruned, "raw_latency_ms": timing["latency_ms"]["median"]})
+                         policy=dict(policy), payload={"plan": plan, "model": pruned, "raw_latency_ms": timing["latency_ms"]["median"]})
         self._cache[key] = cand
         onnx_path.unlink(missing_ok=True)
         return cand
 
     def recover(self, cand: Candidate) -> float:
         student = copy.deepcopy(cand.payload["model"])
-        if cand.ratio > 0 and self.distill_settings.steps > 0:
+        if cand.key != self._full_key and self.distill_settings.steps > 0:
             distill(student, self.model, self.data.train, self.distill_settings, self.data.labeled)
         return evaluate_top1(TorchRunner(student), self.data.calib)

@@ -166,11 +166,11 @@ def markdown(r: dict) -> str:
                   "`speedup` is that in-process ratio, `latency ms` is the search-time baseline divided by it.", "",
                   "| prune ratio | speedup | latency ms | memory MB | MMACs | calib acc one-shot | calib acc recovered | chosen |",
                   "|---|---|---|---|---|---|---|---|"]
-        for cd in sorted(r["candidates"], key=lambda x: x["policy"]["prune_ratio"]):
+        for cd in sorted(r["candidates"], key=lambda x: x["prune_ratio"]):
             rec = f"{cd['accuracy']:.2f}" if cd.get("recovered") else "-"
             one = f"{cd['accuracy_oneshot']:.2f}" if cd.get("accuracy_oneshot") is not None else "-"
             spd = f"{cd['speedup']:.2f}x" if cd.get("speedup") else "-"
-            lines.append(f"| {cd['policy']['prune_ratio']:.3f} | {spd} | {cd['latency_ms']:.3f} | {cd['memory_mb']:.1f} | "
+            lines.append(f"| {cd['prune_ratio']:.3f} | {spd} | {cd['latency_ms']:.3f} | {cd['memory_mb']:.1f} | "
                          f"{cd['macs'] / 1e6:.1f} | {one} | {rec} | {'**yes**' if cd.get('accepted') else ''} |")
     lines += ["", "## Kept width per group", "", "| group | width | kept |", "|---|---|---|"]
     lines += [f"| `{g}` | {v['width']} | {v['kept']} |" for g, v in r["policy"]["groups"].items()]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.candidates import GlobalEvaluator
+from pipeline.candidates import CandidateEvaluator
 from pipeline.errors import ConfigError, SpecError, StageError
 from pipeline.manifest import atomic_torch_save
 from pipeline.report import build_report, write_report
@@ -141,7 +141,7 @@ def s_tune(state: RunState) -> dict:
     budgets = Budgets(lat_budget, c.memory_mb, c.max_accuracy_drop, base["calib_accuracy"])
     model = state.loaded.module
     groups = _graph(state, copy.deepcopy(model)).groups()
-    ev = GlobalEvaluator(
+    ev = CandidateEvaluator(
         model=model, sample_shape=state.loaded.input_shape, data=state.data, groups=groups, scores=state.scores,
         round_to=cfg.prune.round_to, ignore=cfg.prune.ignore, pruner=_pruner(state), target=state.target,
         measure=_measure_settings(state, candidate=True), rounds=cfg.measure.candidate_rounds,

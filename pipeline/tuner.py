@@ -41,11 +41,13 @@ class Candidate:
     recovered: bool = False
     feasible: bool = False  # resource budgets met
     accepted: bool = False
+    policy: dict | None = None  # how the report describes it; default: a global ratio
     payload: Any = field(default=None, repr=False)  # evaluator-private (the plan)
 
     def to_json(self) -> dict:
         return {
-            "policy": {"kind": "global", "prune_ratio": round(self.ratio, 4)},
+            "policy": self.policy or {"kind": "global", "prune_ratio": round(self.ratio, 4)},
+            "prune_ratio": round(self.ratio, 4),
             "latency_ms": self.latency_ms, "speedup": self.speedup, "memory_mb": self.memory_mb, "macs": self.macs,
             "params": self.params, "accuracy": self.accuracy, "accuracy_oneshot": self.accuracy_oneshot,
             "recovered": self.recovered, "feasible": self.feasible, "accepted": self.accepted,

@@ -7,6 +7,7 @@ not accept are rejected before anything runs.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -71,9 +72,15 @@ class TargetSpec:
     availability: Callable[[], str | None]  # None when usable here, else why not
     factory: Callable[[Mapping[str, Any]], Target] | None  # None: declared, not implemented yet
 
-    def unavailable_reason(self) -> str | None:
+    def unavailable_reason(self, options: Mapping[str, Any] | None = None) -> str | None:
+        """None when the target can be created here with ``options``, else why not.
+
+        A remote-capable target given ``device`` only needs the OpenSSH client on this machine.
+        """
         if self.factory is None:
             return "declared in the target table but not implemented in this release"
+        if self.remote and options and options.get("device"):
+            return None if shutil.which("ssh") and shutil.which("scp") else "the OpenSSH client (ssh, scp) is not installed"
         return self.availability()
 
     def create(self, options: Mapping[str, Any]) -> Target:
@@ -84,10 +91,11 @@ class TargetSpec:
                 f"target '{self.name}' does not accept option '{unknown[0]}'.{did_you_mean(unknown[0], self.options)}",
                 hint=f"options for {self.name}: {allowed}",
             )
-        why = self.unavailable_reason()
+        why = self.unavailable_reason(options)
         if why is not None:
-            raise ConfigError(f"target '{self.name}' is not available here: {why}",
-                              hint="run `pipeline targets` to see what is available; --target cpu runs anywhere")
+            hint = ("pass --device user@host[:port] to use the device over SSH" if self.remote and not options.get("device")
+                    else "run `pipeline targets` to see what is available; --target cpu runs anywhere")
+            raise ConfigError(f"target '{self.name}' is not available here: {why}", hint=hint)
         assert self.factory is not None
         return self.factory(options)
 

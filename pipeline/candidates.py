@@ -50,6 +50,7 @@ class CandidateEvaluator:
         self.evaluations = 0  # full-model measurements actually made
         self._cache: dict[tuple, Candidate] = {}
         self._full_key = tuple(sorted((g.id, g.width) for g in groups))
+        self._oneshot: dict[tuple, float] = {}
 
     def plan_for(self, keep_ratios: Mapping[str, float], meta: Mapping[str, object]):
         return make_plan(self.groups, self.scores, keep_ratios, self.round_to, self.ignore,
@@ -92,6 +93,37 @@ class CandidateEvaluator:
         self._cache[key] = cand
         onnx_path.unlink(missing_ok=True)
         return cand
+
+    def oneshot_accuracy(self, keep_ratios: Mapping[str, float]) -> float:
+        """Calibration accuracy of a policy pruned one-shot (+ BN re-estimation), no measurement."""
+        plan = self.plan_for(keep_ratios, {"kind": "proposal"})
+        key = tuple(sorted(plan.widths().items()))
+        if key in self._cache:
+            return float(self._cache[key].accuracy_oneshot)
+        if key not in self._oneshot:
+            self._oneshot[key] = evaluate_top1(TorchRunner(self.pruner.build(plan)), self.data.calib)
+        return self._oneshot[key]
+
+    def speedups(self, policies: list[Mapping[str, float]]) -> list[float]:
+        """Measured speedup of each policy over the unpruned model, all in one interleaved measurement.
+
+        Used to build latency lookup tables: no accuracy, no caching of models.
+        """
+        engines = []
+        paths = []
+        for i, keep in enumerate(policies):
+            plan = self.plan_for(keep, {"kind": "lut"})
+            pruned = self.pruner.build(plan)
+            path = self.workdir / f"lut-{i:03d}.onnx"
+            export_onnx(pruned, self.sample_shape, path, self.export_settings)
+            engines.append(self.target.build(path, self.sample_shape, self.workdir))
+            paths.append(path)
+        try:
+            records = self.target.measure([self.baseline_engine, *engines], self.measure_settings, rounds=self.rounds)
+        finally:
+            for p in paths:
+                p.unlink(missing_ok=True)
+        return [float(r["ratio_to_first"]) for r in records[1:]]
 
     def recover(self, cand: Candidate) -> float:
         student = copy.deepcopy(cand.payload["model"])

@@ -82,6 +82,9 @@ class TuneConfig(_Frozen):
     max_candidates: int = Field(16, ge=1)
     time_limit_s: float = Field(600.0, gt=0)
     latency_margin: float = Field(0.05, ge=0, lt=0.5)
+    initial_reduction: float = Field(0.1, gt=0, lt=1)
+    decay: float = Field(0.96, gt=0, le=1)
+    lut_points: int = Field(6, ge=2, le=64)
 
 
 class RunConfig(_Frozen):
@@ -97,7 +100,7 @@ class RunConfig(_Frozen):
     objective: Literal["latency", "memory", "accuracy"] = "latency"
     constraints: Constraints = Constraints()
     criterion: str = "magnitude-l2"
-    search: Literal["global"] = "global"
+    search: Literal["global", "greedy"] = "global"
     policy: str | None = None
     seed: int = 0
     trust_checkpoint: bool = False

@@ -151,7 +151,11 @@ def s_tune(state: RunState) -> dict:
         workdir=state.run_dir / "candidates")
     t = cfg.tune
     limits = SearchLimits(cfg.prune.max_ratio, t.step, t.min_step, t.max_candidates, t.time_limit_s, t.latency_margin)
-    res = search_global(ev, cfg.objective, budgets, limits, log=state.ui.note)
+    extra: dict = {}
+    if cfg.search == "greedy":
+        res, extra = _greedy(state, ev, groups, budgets, limits)
+    else:
+        res = search_global(ev, cfg.objective, budgets, limits, log=state.ui.note)
     shutil.rmtree(state.run_dir / "candidates", ignore_errors=True)
     if res.chosen is None:
         raise StageError("the search evaluated no candidate", hint="raise tune.max_candidates or tune.time_limit_s")
@@ -159,7 +163,7 @@ def s_tune(state: RunState) -> dict:
     plan = PruningPlan(plan.groups, plan.ignore, {**plan.meta, "criterion": cfg.criterion, "objective": cfg.objective})
     state.plan = plan
     state.tune = {"budgets": vars(budgets), "stop_reason": res.stop_reason, "log": res.log,
-                  "candidates": [c.to_json() for c in res.candidates]}
+                  "candidates": [c.to_json() for c in res.candidates], "evaluations": ev.evaluations, **extra}
     write_json(state, "policy.json", plan.to_json())
     write_json(state, "candidates.json", state.tune)
     ch = res.chosen
@@ -167,6 +171,26 @@ def s_tune(state: RunState) -> dict:
             "_summary": f"{len(res.candidates)} candidates; ratio {ch.ratio:.3f} -> {ch.latency_ms:.3f} ms "
                         f"(budget {lat_budget:.3f} ms)" if lat_budget else
                         f"{len(res.candidates)} candidates; ratio {ch.ratio:.3f}"}
+
+
+def _greedy(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, limits: SearchLimits):
+    from pipeline.greedy import GreedySettings, search_greedy
+    from pipeline.lut import build_lut
+    from pipeline.manifest import sha256_file
+
+    cfg, t = state.cfg, state.cfg.tune
+    settings = GreedySettings(t.initial_reduction, t.decay, t.lut_points)
+    ms = _measure_settings(state, candidate=True)
+    key_parts = {"target_desc": state.target.describe(ms.threads), "sample_shape": state.loaded.input_shape,
+                 "model_hash": sha256_file(state.run_dir / "baseline.onnx"), "batch": ms.batch}
+    base_ms = state.baseline["record"]["latency_ms"]["median"]
+    lut = build_lut(groups, ev.speedups, base_ms, cfg.prune.round_to, t.lut_points, key_parts, log=state.ui.note)
+    res = search_greedy(ev, lut, cfg.objective, budgets, limits, settings, cfg.prune.round_to, log=state.ui.note)
+    cal = lut.calibration()
+    if cal["n"]:
+        state.ui.note(f"LUT prediction error vs full measurements: mean {100 * cal['mean_abs_rel_err']:.1f}%, "
+                      f"max {100 * cal['max_abs_rel_err']:.1f}% over {cal['n']} points")
+    return res, {"lut": lut.to_json(), "lut_calibration": cal}
 
 
 def _replay_policy(state: RunState, path: Path) -> dict:

@@ -121,14 +121,20 @@ class _Budgeted:
 
     def measure(self, ratio: float) -> Candidate:
         self.evaluations += 1
-        c = self.ev.measure(ratio)
+        return self._track(self.ev.measure(ratio), f"ratio {ratio:.3f}")
+
+    def measure_policy(self, keep_ratios: dict[str, float], policy: dict, label: str) -> Candidate:
+        self.evaluations += 1
+        return self._track(self.ev.measure_policy(keep_ratios, policy), label)
+
+    def _track(self, c: Candidate, label: str) -> Candidate:
         same = self.by_key.get(c.key)
-        if same is not None:  # same widths as an earlier ratio: same architecture, keep the first
-            self.log(f"ratio {ratio:.3f}: same widths as ratio {same.ratio:.3f}")
+        if same is not None:  # same widths as an earlier candidate: same architecture, keep the first
+            self.log(f"{label}: same widths as ratio {same.ratio:.3f}")
             return same
         self.by_key[c.key] = c
         self.order.append(c)
-        self.log(f"ratio {ratio:.3f}: {c.latency_ms:.3f} ms, {c.memory_mb:.1f} MB, one-shot acc {_fmt(c.accuracy_oneshot)}")
+        self.log(f"{label}: {c.latency_ms:.3f} ms, {c.memory_mb:.1f} MB, one-shot acc {_fmt(c.accuracy_oneshot)}")
         return c
 
     def recover(self, c: Candidate) -> float | None:
@@ -143,10 +149,10 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def search_global(ev: Evaluator, objective: str, budgets: Budgets, limits: SearchLimits,
-                  log: Callable[[str], None] = lambda s: None,
-                  clock: Callable[[], float] = time.monotonic) -> TuneResult:
-    """Run the global-ratio search for ``objective``; see the module docstring."""
+def run_search(ev: Evaluator, budgets: Budgets, limits: SearchLimits,
+               body: Callable[[_Budgeted], tuple[Candidate | None, str]],
+               log: Callable[[str], None], clock: Callable[[], float]) -> TuneResult:
+    """Shared frame of every search: caps, logging, feasibility flags and the result."""
     lines: list[str] = []
 
     def say(s: str) -> None:
@@ -154,10 +160,7 @@ def search_global(ev: Evaluator, objective: str, budgets: Budgets, limits: Searc
         log(s)
 
     b = _Budgeted(ev, limits, say, clock)
-    if objective == "accuracy":
-        chosen, reason = _aap_stepping(b, budgets, limits)
-    else:
-        chosen, reason = _bisect_resources(b, budgets, limits)
+    chosen, reason = body(b)
     for c in b.order:
         c.feasible = budgets.resources_met(c)
         if c.accuracy is None:
@@ -166,6 +169,15 @@ def search_global(ev: Evaluator, objective: str, budgets: Budgets, limits: Searc
         chosen.accepted = True
     say(f"stop: {reason}")
     return TuneResult(chosen, b.order, reason, lines)
+
+
+def search_global(ev: Evaluator, objective: str, budgets: Budgets, limits: SearchLimits,
+                  log: Callable[[str], None] = lambda s: None,
+                  clock: Callable[[], float] = time.monotonic) -> TuneResult:
+    """Run the global-ratio search for ``objective``; see the module docstring."""
+    if objective == "accuracy":
+        return run_search(ev, budgets, limits, lambda b: _aap_stepping(b, budgets, limits), log, clock)
+    return run_search(ev, budgets, limits, lambda b: _bisect_resources(b, budgets, limits), log, clock)
 
 
 def _bisect_resources(b: _Budgeted, budgets: Budgets, limits: SearchLimits) -> tuple[Candidate | None, str]:

@@ -36,7 +36,9 @@ def plan_text(cfg: RunConfig, out: Path | None) -> str:
     from targets import TARGETS
 
     spec = TARGETS.get(cfg.target)
-    why = spec.unavailable_reason({**cfg.target_options, **({"device": cfg.device} if cfg.device else {})})
+    options = {**cfg.target_options, **({"device": cfg.device} if cfg.device else {})}
+    spec.check_options(options)
+    why = spec.unavailable_reason(options)
     lines = [f"# run folder: {out or default_run_dir(_model_name(cfg.model))}",
              f"# target: {cfg.target} ({spec.runtime}) - {'available' if why is None else 'unavailable: ' + why}",
              "# stages:"]

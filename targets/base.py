@@ -72,6 +72,16 @@ class TargetSpec:
     availability: Callable[[], str | None]  # None when usable here, else why not
     factory: Callable[[Mapping[str, Any]], Target] | None  # None: declared, not implemented yet
 
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Reject options this target does not list, before anything runs."""
+        unknown = sorted(set(options) - self.options)
+        if unknown:
+            allowed = ", ".join(sorted(self.options)) or "none"
+            raise ConfigError(
+                f"target '{self.name}' does not accept option '{unknown[0]}'.{did_you_mean(unknown[0], self.options)}",
+                hint=f"options for {self.name}: {allowed}",
+            )
+
     def unavailable_reason(self, options: Mapping[str, Any] | None = None) -> str | None:
         """None when the target can be created here with ``options``, else why not.
 
@@ -84,13 +94,7 @@ class TargetSpec:
         return self.availability()
 
     def create(self, options: Mapping[str, Any]) -> Target:
-        unknown = sorted(set(options) - self.options)
-        if unknown:
-            allowed = ", ".join(sorted(self.options)) or "none"
-            raise ConfigError(
-                f"target '{self.name}' does not accept option '{unknown[0]}'.{did_you_mean(unknown[0], self.options)}",
-                hint=f"options for {self.name}: {allowed}",
-            )
+        self.check_options(options)
         why = self.unavailable_reason(options)
         if why is not None:
             hint = ("pass --device user@host[:port] to use the device over SSH" if self.remote and not options.get("device")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from typing import Any
 from pipeline.errors import StageError
 from targets.base import Engine, MeasureSettings
 from targets.ort_runner import OrtRunner
-from targets.stats import latency_stats
+from targets.stats import interleaved_records
 
 WORKER_TIMEOUT_S = 300
 
@@ -133,29 +132,6 @@ class CpuTarget:
             "min_duration_s": settings.min_duration_s, "min_iters": settings.min_iters,
         })
         empty = self.empty_rss_mb()
-        round_medians = [[latency_stats(r)["median"] for r in per] for per in lat["rounds"]]
-        records = []
-        for i, e in enumerate(engines):
-            samples = [x for r in lat["rounds"][i] for x in r]
-            stats = latency_stats(samples)
-            peak = float(self._spawn({"mode": "memory", "model": str(e.onnx_path), "threads": threads,
-                                      "batch": settings.batch, "sample_shape": shape})["peak_rss_mb"])
-            ratios = [a / b for a, b in zip(round_medians[0], round_medians[i]) if b > 0]
-            records.append({
-                "latency_ms": {k: stats[k] for k in ("median", "p90", "p99", "mean", "std", "cv")},
-                "iterations": stats["n"],
-                "round_medians_ms": round_medians[i],
-                "ratio_to_first": statistics.median(ratios) if ratios else None,
-                "throughput": settings.batch * stats["n"] / lat["wall_s"][i] if lat["wall_s"][i] > 0 else 0.0,
-                "peak_rss_mb": peak,
-                "empty_rss_mb": empty,
-                "memory_mb": max(0.0, peak - empty),
-                "session_create_s": lat["session_create_s"][i],
-                "first_run_ms": lat["first_run_ms"][i],
-                "batch": settings.batch,
-                "threads": threads,
-                "rounds": rounds,
-                "engine_bytes": e.engine_bytes,
-                "measured_on": self.describe(threads),
-            })
-        return records
+        peaks = [float(self._spawn({"mode": "memory", "model": str(e.onnx_path), "threads": threads,
+                                    "batch": settings.batch, "sample_shape": shape})["peak_rss_mb"]) for e in engines]
+        return interleaved_records(engines, lat, peaks, empty, settings.batch, threads, rounds, self.describe(threads))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -26,7 +25,7 @@ from pipeline.errors import ConfigError, StageError
 from targets.base import Engine, MeasureSettings
 from targets.ort_runner import OrtRunner
 from targets.ssh import Address, SshSession, SshSettings
-from targets.stats import latency_stats
+from targets.stats import interleaved_records
 
 log = logging.getLogger("pipeline.remote")
 
@@ -164,30 +163,8 @@ class RemoteCpuTarget:
             peaks = [float(self._spawn(s, {"mode": "memory", "model": s.path(n), "threads": threads,
                                            "batch": settings.batch, "sample_shape": shape})["peak_rss_mb"])
                      for n in names]
-        round_medians = [[latency_stats(r)["median"] for r in per] for per in lat["rounds"]]
-        records = []
-        for i, e in enumerate(engines):
-            samples = [x for r in lat["rounds"][i] for x in r]
-            stats = latency_stats(samples)
-            ratios = [a / b for a, b in zip(round_medians[0], round_medians[i]) if b > 0]
-            records.append({
-                "latency_ms": {k: stats[k] for k in ("median", "p90", "p99", "mean", "std", "cv")},
-                "iterations": stats["n"],
-                "round_medians_ms": round_medians[i],
-                "ratio_to_first": statistics.median(ratios) if ratios else None,
-                "throughput": settings.batch * stats["n"] / lat["wall_s"][i] if lat["wall_s"][i] > 0 else 0.0,
-                "peak_rss_mb": peaks[i],
-                "empty_rss_mb": empty,
-                "memory_mb": max(0.0, peaks[i] - empty),
-                "session_create_s": lat["session_create_s"][i],
-                "first_run_ms": lat["first_run_ms"][i],
-                "batch": settings.batch,
-                "threads": threads,
-                "rounds": rounds,
-                "engine_bytes": e.engine_bytes,
-                "measured_on": self.describe(threads),
-            })
-        return records
+        return interleaved_records(engines, lat, peaks, empty, settings.batch, threads, rounds,
+                                   self.describe(threads))
 
 
 def make_remote_cpu(options: Mapping[str, Any]) -> RemoteCpuTarget:

@@ -36,10 +36,9 @@ from pipeline.manifest import (
     sha256_file,
 )
 from pipeline.versions import versions
+from stages.load.models import PRUNED_FORMAT as PLAN_FORMAT
 
 log = logging.getLogger("pipeline")
-
-PLAN_FORMAT = "edge-pipeline/pruned-v1"
 
 
 @dataclass

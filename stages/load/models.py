@@ -203,6 +203,8 @@ def _file(arg: str, req: ModelRequest) -> LoadedModel:
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}", hint="check the path after file:")
     obj = _read_checkpoint(path, req.trust_checkpoint)
+    if isinstance(obj, dict) and obj.get("format") == PRUNED_FORMAT:
+        return _pruned_checkpoint(path, obj, req)
     if isinstance(obj, nn.Module):
         if req.input_shape is None:
             raise SpecError(f"{path} holds a whole module but its input shape is unknown",
@@ -223,6 +225,32 @@ def _file(arg: str, req: ModelRequest) -> LoadedModel:
     base.name, base.spec = path.stem, f"file:{path}"
     base.notes = [f"weights from {path} (sha256 {_sha256(path)[:12]})"]
     return base
+
+
+PRUNED_FORMAT = "edge-pipeline/pruned-v1"
+
+
+def _pruned_checkpoint(path: Path, blob: dict, req: ModelRequest) -> LoadedModel:
+    """A ``pruned.pt`` of an earlier run: rebuild its architecture from the spec, replay the plan, load."""
+    from stages.prune.compensate import ensure_bias_params
+    from stages.prune.plan import PruningPlan, apply_plan
+
+    spec = req.arch or blob.get("model_spec")
+    if not spec or str(spec).startswith("file:") and Path(str(spec)[5:]).resolve() == path.resolve():
+        raise SpecError(f"{path}: the unpruned architecture is unknown", hint="pass --arch with the original model spec")
+    base = load_model_unchecked(ModelRequest(str(spec), input_shape=req.input_shape,
+                                             trust_checkpoint=req.trust_checkpoint))
+    base.module.eval()
+    example = torch.zeros((2, *base.input_shape))
+    try:
+        model = apply_plan(base.module, example, PruningPlan.from_json(blob["plan"]))
+        ensure_bias_params(model, blob["state_dict"])
+        model.load_state_dict(blob["state_dict"])
+    except (RuntimeError, KeyError) as e:
+        raise ModelLoadError(f"{path} does not fit architecture '{spec}': {_first_line(e)}",
+                             hint="pass --arch with the model spec the run started from") from None
+    return LoadedModel(f"{base.name}-pruned", f"file:{path}", model.eval(), base.input_shape,
+                       [f"pruned checkpoint of {spec} (plan replayed, sha256 {_sha256(path)[:12]})"])
 
 
 def load_model_unchecked(req: ModelRequest) -> LoadedModel:

@@ -270,3 +270,14 @@ def test_every_criterion_end_to_end(cli, tmp_path, criterion):
     code, _, err = cli("run", "--config", cfg, "--criterion", criterion, "--out", tmp_path / "r", "-q")
     assert code in (0, 1), err
     assert json.loads((tmp_path / "r" / "report.json").read_text())["criterion"] == criterion
+
+
+def test_pruned_checkpoint_loads_as_a_model_spec(default_run):
+    """`file:runs/x/pruned.pt` rebuilds the pruned model (plan replayed), e.g. to prune it again."""
+    from stages.load.models import ModelRequest, load_model
+
+    _, out, _ = default_run
+    lm = load_model(ModelRequest(f"file:{out / 'pruned.pt'}"))
+    rep = json.loads((out / "report.json").read_text())
+    assert sum(p.numel() for p in lm.module.parameters()) == rep["final"]["params"]
+    assert lm.input_shape == (1, 32, 32) and "pruned checkpoint" in lm.notes[0]

@@ -3,7 +3,8 @@ PY      ?= python3.11
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
-PYTEST_MARKERS ?= not slow and not docker and not postgres and not cuda and not tensorrt and not jetson
+# postgres tests run when PostgreSQL is installed (they start their own server) and skip with the reason otherwise
+PYTEST_MARKERS ?= not slow and not docker and not cuda and not tensorrt and not jetson
 
 .PHONY: run test test-slow bench clean venv
 
@@ -26,7 +27,7 @@ test: $(STAMP)
 
 ## make test-slow: the long tests too (several minutes)
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not docker and not postgres and not cuda and not tensorrt and not jetson"
+	$(BIN)/python -m pytest -q -m "not docker and not cuda and not tensorrt and not jetson"
 
 ## make bench: the benchmarks in bench/ (writes bench/results/*.json and *.md)
 bench: $(STAMP)

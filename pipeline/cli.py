@@ -33,6 +33,20 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     return dims
 
 
+def _options(items: list[str] | None) -> dict | None:
+    if not items:
+        return None
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad --target-option '{item}'", hint="use KEY=VALUE, e.g. device_profile=orin-nano-8gb")
+        import yaml
+
+        out[key.strip()] = yaml.safe_load(value)  # numbers and booleans as YAML reads them
+    return out
+
+
 @app.command()
 def run(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: examples/default.yaml)")] = None,
@@ -42,6 +56,7 @@ def run(
     input_shape: Annotated[Optional[str], typer.Option(help="sample shape C,H,W")] = None,
     target: Annotated[Optional[str], typer.Option(help="target name (see `pipeline targets`)")] = None,
     device: Annotated[Optional[str], typer.Option(help="user@host[:port] of a remote device")] = None,
+    target_option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE target option (repeatable)")] = None,
     objective: Annotated[Optional[str], typer.Option(help="latency | memory | accuracy")] = None,
     latency_ms: Annotated[Optional[float], typer.Option(help="latency budget in ms (median, batch from config)")] = None,
     speedup: Annotated[Optional[float], typer.Option(help="latency budget as speedup over the unpruned model")] = None,
@@ -66,7 +81,7 @@ def run(
 
     overrides = {
         "model": model, "arch": arch, "data": data, "input_shape": _shape(input_shape), "target": target,
-        "device": device, "objective": objective, "criterion": criterion, "search": search,
+        "device": device, "target_options": _options(target_option), "objective": objective, "criterion": criterion, "search": search,
         "policy": str(policy) if policy else None, "seed": seed, "trust_checkpoint": trust_checkpoint or None,
         "constraints": {"latency_ms": latency_ms, "speedup": speedup, "memory_mb": memory_mb,
                         "max_accuracy_drop": max_accuracy_drop},
@@ -126,6 +141,7 @@ def measure(
 def targets() -> None:
     """List the targets, whether each is available here, and why not."""
     from rich.console import Console as RC
+    from rich.markup import escape
     from rich.table import Table
 
     from targets import TARGETS
@@ -135,7 +151,8 @@ def targets() -> None:
         t.add_column(col)
     for name, spec in TARGETS.items():
         why = spec.unavailable_reason()
-        t.add_row(name, spec.runtime, "✅ yes" if why is None else "❌ no", why or "", ",".join(spec.precisions),
+        t.add_row(name, escape(spec.runtime), "✅ yes" if why is None else "❌ no", escape(why or ""),
+                  ",".join(spec.precisions),
                   "yes" if spec.needs_gpu else "no", "yes" if spec.remote else "no", ",".join(sorted(spec.options)))
     RC(highlight=False, width=200).print(t)
 
@@ -174,6 +191,21 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> Non
                                                       for s in rep["stages"]]
     Console().summary(rep, records)
     raise typer.Exit(EXIT_MET if rep["constraints"]["met"] else EXIT_UNMET)
+
+
+@app.command()
+def worker(
+    study: Annotated[str, typer.Option(help="name of the study (printed by the run that created it)")],
+    storage: Annotated[str, typer.Option(help="Optuna storage URL, e.g. postgresql://user@host:5432/optuna")],
+    n_trials: Annotated[Optional[int], typer.Option(min=1, help="trials this worker evaluates at most")] = None,
+    timeout: Annotated[Optional[float], typer.Option(min=0, help="seconds this worker runs at most")] = None,
+    device: Annotated[Optional[str], typer.Option(help="user@host[:port] of this worker's device (default: the run's)")] = None,
+) -> None:
+    """Join a `--search optuna` study and evaluate its trials on this machine's target."""
+    from pipeline.search_optuna import run_worker
+
+    n, why = run_worker(study, storage, n_trials, timeout, device=device, log=typer.echo)
+    typer.echo(f"{n} trials evaluated; {why}")
 
 
 def main() -> None:

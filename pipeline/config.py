@@ -85,6 +85,13 @@ class TuneConfig(_Frozen):
     initial_reduction: float = Field(0.1, gt=0, lt=1)
     decay: float = Field(0.96, gt=0, le=1)
     lut_points: int = Field(6, ge=2, le=64)
+    # search: optuna
+    storage: str | None = None  # Optuna storage URL; None = sqlite:///<run folder>/study.db
+    study: str | None = None  # study name; None = "edge-<run folder name>"
+    sampler: Literal["nsga2", "tpe"] = "nsga2"
+    families: Literal["stage", "block", "group"] = "stage"  # one keep ratio per stage / block / group
+    keep_step: float = Field(0.05, gt=0, lt=1)  # grid step of the per-family keep ratios
+    recover_top: int = Field(3, ge=1)  # feasible trials recovered before the final choice
 
 
 class RunConfig(_Frozen):
@@ -100,7 +107,7 @@ class RunConfig(_Frozen):
     objective: Literal["latency", "memory", "accuracy"] = "latency"
     constraints: Constraints = Constraints()
     criterion: str = "magnitude-l2"
-    search: Literal["global", "greedy"] = "global"
+    search: Literal["global", "greedy", "optuna"] = "global"
     policy: str | None = None
     seed: int = 0
     trust_checkpoint: bool = False

@@ -154,6 +154,8 @@ def s_tune(state: RunState) -> dict:
     extra: dict = {}
     if cfg.search == "greedy":
         res, extra = _greedy(state, ev, groups, budgets, limits)
+    elif cfg.search == "optuna":
+        res, extra = _optuna(state, ev, groups, budgets, limits)
     else:
         res = search_global(ev, cfg.objective, budgets, limits, log=state.ui.note)
     shutil.rmtree(state.run_dir / "candidates", ignore_errors=True)
@@ -191,6 +193,24 @@ def _greedy(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, l
         state.ui.note(f"LUT prediction error vs full measurements: mean {100 * cal['mean_abs_rel_err']:.1f}%, "
                       f"max {100 * cal['max_abs_rel_err']:.1f}% over {cal['n']} points")
     return res, {"lut": lut.to_json(), "lut_calibration": cal}
+
+
+def _optuna(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, limits: SearchLimits):
+    from pipeline.families import families
+    from pipeline.search_optuna import make_run_spec, redact_url, search_optuna
+
+    cfg, t = state.cfg, state.cfg.tune
+    storage = t.storage or f"sqlite:///{(state.run_dir / 'study.db').resolve()}"
+    study = t.study or f"edge-{state.run_dir.resolve().name}"
+    base_ms = state.baseline["record"]["latency_ms"]["median"]
+    run_spec = make_run_spec(cfg, model=state.loaded.module, groups=groups, scores=state.scores,
+                             baseline_latency_ms=base_ms)
+    state.ui.note(f"more machines: pipeline worker --study {study} --storage {redact_url(storage)}")
+    res = search_optuna(ev, cfg.objective, budgets, limits, families=families(groups, t.families), storage=storage,
+                        study_name=study, sampler=t.sampler, seed=cfg.seed, log=state.ui.note, step=t.keep_step,
+                        recover_top=t.recover_top, run_spec=run_spec)
+    return res, {"optuna": {"storage": redact_url(storage), "study": study, "sampler": t.sampler,
+                            "families": t.families}}
 
 
 def _replay_policy(state: RunState, path: Path) -> dict:

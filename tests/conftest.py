@@ -42,7 +42,7 @@ model: example:digits-resnet
 data: digits
 target: cpu
 objective: latency
-constraints: {speedup: 1.5, max_accuracy_drop: 3.0}
+constraints: {speedup: 1.3, max_accuracy_drop: 3.0}
 criterion: magnitude-l2
 recovery: {steps: 60, tune_steps: 0, batch_size: 32}
 measure: {warmup_s: 0.05, min_duration_s: 0.25, min_iters: 20, final_rounds: 2, candidate_rounds: 2,

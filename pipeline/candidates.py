@@ -94,6 +94,23 @@ class CandidateEvaluator:
         onnx_path.unlink(missing_ok=True)
         return cand
 
+    def confirm(self, cand: Candidate) -> Candidate:
+        """Re-measure ``cand`` with twice the rounds; keep the slower of the two estimates."""
+        path = self.workdir / "confirm.onnx"
+        export_onnx(cand.payload["model"], self.sample_shape, path, self.export_settings)
+        try:
+            engine = self.target.build(path, self.sample_shape, self.workdir)
+            timing = self.target.measure([self.baseline_engine, engine], self.measure_settings,
+                                         rounds=2 * self.rounds)[1]
+        finally:
+            path.unlink(missing_ok=True)
+        speedup = min(float(timing["ratio_to_first"]), cand.speedup or float("inf"))
+        cand.speedup = speedup
+        cand.latency_ms = self.baseline_latency_ms / speedup
+        cand.memory_mb = max(cand.memory_mb, timing["memory_mb"])
+        cand.payload["confirmed"] = True
+        return cand
+
     def oneshot_accuracy(self, keep_ratios: Mapping[str, float]) -> float:
         """Calibration accuracy of a policy pruned one-shot (+ BN re-estimation), no measurement."""
         plan = self.plan_for(keep_ratios, {"kind": "proposal"})

@@ -7,7 +7,9 @@ search logic is testable with a deterministic cost model.
 Objectives (the three AAP policies):
 
 - ``latency`` / ``memory``: bisection on the ratio for the *smallest* ratio whose measured
-  resources meet every given budget (latency, memory). Less pruning means more accuracy, so that
+  resources meet every given budget (latency, memory). A candidate that looks feasible is
+  re-measured with more rounds before it counts (a lucky first measurement is common on a busy
+  machine). Less pruning means more accuracy, so that
   point maximises accuracy; it gets a short recovery and its accuracy is checked against the
   floor.
 - ``accuracy``: AAP's adaptive rule (``apdaptive_pruning_given_target``). Step the ratio up by
@@ -137,6 +139,16 @@ class _Budgeted:
         self.log(f"{label}: {c.latency_ms:.3f} ms, {c.memory_mb:.1f} MB, one-shot acc {_fmt(c.accuracy_oneshot)}")
         return c
 
+    def confirm(self, c: Candidate) -> Candidate:
+        """Re-measure a candidate that looks feasible (more rounds); a lucky first measurement is common."""
+        fn = getattr(self.ev, "confirm", None)
+        if fn is None or c.payload is None or (isinstance(c.payload, dict) and c.payload.get("confirmed")):
+            return c
+        before = c.latency_ms
+        fn(c)
+        self.log(f"ratio {c.ratio:.3f}: confirmed {c.latency_ms:.3f} ms (first measurement {before:.3f} ms)")
+        return c
+
     def recover(self, c: Candidate) -> float | None:
         if not c.recovered:
             c.accuracy = self.ev.recover(c)
@@ -183,11 +195,11 @@ def search_global(ev: Evaluator, objective: str, budgets: Budgets, limits: Searc
 def _bisect_resources(b: _Budgeted, budgets: Budgets, limits: SearchLimits) -> tuple[Candidate | None, str]:
     margin = limits.latency_margin
     lo = b.measure(0.0)
-    if budgets.resources_met(lo, margin):
+    if budgets.resources_met(lo, margin) and budgets.resources_met(b.confirm(lo), margin):
         b.recover(lo)
         return lo, "the unpruned model already meets the budget"
     hi = b.measure(limits.max_ratio)
-    if not budgets.resources_met(hi, margin):
+    if not (budgets.resources_met(hi, margin) and budgets.resources_met(b.confirm(hi), margin)):
         best = min(b.order, key=lambda c: (c.latency_ms, c.memory_mb))
         b.recover(best)
         return best, f"budget not reachable: even ratio {limits.max_ratio} misses it (best candidate kept)"
@@ -201,7 +213,7 @@ def _bisect_resources(b: _Budgeted, budgets: Budgets, limits: SearchLimits) -> t
             break
         mid = round((r_lo + r_hi) / 2, 4)
         c = b.measure(mid)
-        if budgets.resources_met(c, margin):
+        if budgets.resources_met(c, margin) and budgets.resources_met(b.confirm(c), margin):
             r_hi = mid
             if c.ratio <= best.ratio:
                 best = c

@@ -104,3 +104,24 @@ def test_accuracy_objective_never_accepts_a_floor_breaking_point():
     for c in res.candidates:
         if c.accepted:
             assert 99 - c.accuracy <= 0.5
+
+
+class LuckyFirst(CostModel):
+    """The first measurement of every candidate reads 40% fast; the confirmation tells the truth."""
+
+    def measure(self, ratio: float) -> Candidate:
+        c = super().measure(ratio)
+        c.payload = {"true": c.latency_ms}
+        c.latency_ms *= 0.6
+        return c
+
+    def confirm(self, c: Candidate) -> Candidate:
+        c.latency_ms = c.payload["true"]
+        c.payload["confirmed"] = True
+        return c
+
+
+def test_lucky_first_measurement_is_confirmed_before_it_counts():
+    res = search_global(LuckyFirst(), "latency", Budgets(2.5, None, None, 99),
+                        SearchLimits(min_step=0.01, latency_margin=0.0))
+    assert res.chosen.latency_ms <= 2.5 and res.chosen.ratio >= 0.5  # not fooled into r ~ 0.23

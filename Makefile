@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-1
 # postgres tests run when PostgreSQL is installed (they start their own server) and skip with the reason otherwise
 PYTEST_MARKERS ?= not slow and not docker and not cuda and not tensorrt and not jetson
 
-.PHONY: run test test-slow bench clean venv
+.PHONY: run test test-slow test-docker bench clean venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found (hint: install Python 3.11 or run make PY=python3)"; exit 2; }
@@ -28,6 +28,11 @@ test: $(STAMP)
 ## make test-slow: the long tests too (several minutes)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not docker and not cuda and not tensorrt and not jetson"
+
+## make test-docker: build the Docker image (local debootstrap base, private dockerd; needs root) and run it (~5 min cold, ~1.2 min warm)
+test-docker: $(STAMP)
+	docker/install-deps.sh
+	$(BIN)/python -m pytest -q -m docker tests/docker
 
 ## make bench: the benchmarks in bench/ (writes bench/results/*.json and *.md)
 bench: $(STAMP)

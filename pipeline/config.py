@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.errors import ConfigError, did_you_mean
 
 DEFAULT_MODEL = "example:digits-resnet"
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "default.yaml"
+# examples/default.yaml, shipped inside the package as pipeline/default.yaml (a symlink in the
+# repository; a regular file in a built wheel), so an installed `pipeline run` finds it too
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
 
 
 class _Frozen(BaseModel):

@@ -273,6 +273,7 @@ def test_image_metadata_non_root_entrypoint_volume_healthcheck(docker: Docker):
     assert "/runs" in (cfg.get("Volumes") or {}) and cfg["WorkingDir"] == "/runs"
     assert cfg["Healthcheck"]["Test"] == ["CMD", "pipeline", "targets"]
     assert not any(e.startswith(("PIP_CERT=", "PIP_CONFIG_FILE=")) for e in cfg["Env"])
+    assert any(e.startswith("PATH=/opt/venv/bin:") for e in cfg["Env"])
     # the health check command itself works offline, as the image's user
     p = docker.run("targets")
     assert p.returncode == 0 and "cpu" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]

@@ -11,9 +11,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-M_KEYS = ("latency_ms", "throughput", "memory_mb", "onnx_bytes", "engine_bytes", "params", "macs",
-          "accuracy", "accuracy_metric", "measured_on")
-
 
 def evaluate_top1(runner, data: Dataset, batch_size: int = 64) -> float:
     """Top-1 (in %) of ``runner.run(x)`` logits against the labels of ``data``."""

@@ -38,7 +38,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -553,9 +553,8 @@ class SshSession(_Session):
         size = self.remote_size(name)
         if size is None:
             raise StageError(f"{name} was not produced on {self.where}", hint="see logs/pipeline.log")
-        fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".part", dir=local.parent)
-        os.close(fd)
-        try:
+
+        def copy(tmp: str) -> None:
             rc, _, err, _ = self._attempt(self.scp_argv(self.address.scp_remote(self.path(name)), tmp),
                                           self._timeout + _LOCAL_SLACK_S, f"scp {name}", scp=True)
             if rc != 0:
@@ -564,14 +563,24 @@ class SshSession(_Session):
             if got != size:
                 raise StageError(f"fetched {name} is incomplete ({got} of {size} bytes)",
                                  hint="the connection dropped during the copy; run again")
-            os.replace(tmp, local)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return local
+
+        return _fetch_atomically(local, copy)
 
     def exists(self, name: str) -> bool:
         return self.run(["test", "-f", self.path(name)], 60, check=False).ok
+
+
+def _fetch_atomically(local: Path, copy: Callable[[str], object]) -> Path:
+    """Let ``copy`` fill a temp file beside ``local``, then rename it into place: never a half file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".part", dir=local.parent)
+    os.close(fd)
+    try:
+        copy(tmp)
+        os.replace(tmp, local)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return local
 
 
 class LocalSession(_Session):
@@ -610,15 +619,7 @@ class LocalSession(_Session):
             raise StageError(f"{name} was not produced on {self.where}", hint="see logs/pipeline.log")
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".part", dir=local.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, local)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return local
+        return _fetch_atomically(local, lambda tmp: shutil.copyfile(src, tmp))
 
     def exists(self, name: str) -> bool:
         return os.path.isfile(self.path(name))

@@ -300,8 +300,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def count_params(module: nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
-

@@ -33,14 +33,15 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     return dims
 
 
-def _options(items: list[str] | None) -> dict | None:
+def _options(items: list[str] | None, flag: str = "--target-option",
+             example: str = "device_profile=orin-nano-8gb") -> dict | None:
     if not items:
         return None
     out: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"bad --target-option '{item}'", hint="use KEY=VALUE, e.g. device_profile=orin-nano-8gb")
+            raise ConfigError(f"bad {flag} '{item}'", hint=f"use KEY=VALUE, e.g. {example}")
         import yaml
 
         out[key.strip()] = yaml.safe_load(value)  # numbers and booleans as YAML reads them
@@ -63,6 +64,8 @@ def run(
     memory_mb: Annotated[Optional[float], typer.Option(help="memory budget in MB")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(help="accuracy floor: max drop in points")] = None,
     criterion: Annotated[Optional[str], typer.Option(help="scoring criterion (see `pipeline criteria`)")] = None,
+    criterion_option: Annotated[Optional[list[str]], typer.Option(
+        help="KEY=VALUE criterion parameter (repeatable; see `pipeline criteria`)")] = None,
     search: Annotated[Optional[str], typer.Option(help="search strategy: global")] = None,
     policy: Annotated[Optional[Path], typer.Option(help="replay a policy.json instead of searching")] = None,
     recovery_steps: Annotated[Optional[int], typer.Option(help="distillation steps after pruning (0 = none)")] = None,
@@ -81,7 +84,8 @@ def run(
 
     overrides = {
         "model": model, "arch": arch, "data": data, "input_shape": _shape(input_shape), "target": target,
-        "device": device, "target_options": _options(target_option), "objective": objective, "criterion": criterion, "search": search,
+        "device": device, "target_options": _options(target_option), "objective": objective, "criterion": criterion,
+        "criterion_options": _options(criterion_option, "--criterion-option", "alpha=0.01"), "search": search,
         "policy": str(policy) if policy else None, "seed": seed, "trust_checkpoint": trust_checkpoint or None,
         "constraints": {"latency_ms": latency_ms, "speedup": speedup, "memory_mb": memory_mb,
                         "max_accuracy_drop": max_accuracy_drop},
@@ -166,13 +170,14 @@ def criteria(pattern: Annotated[str, typer.Argument(help="glob over names")] = "
     from stages.score import CRITERIA
 
     t = Table(show_edge=False)
-    for col in ("criterion", "needs", "granularity", "source", "what"):
+    for col in ("criterion", "needs", "granularity", "source", "what", "options"):
         t.add_column(col)
     for name in CRITERIA.names(pattern):
         c = CRITERIA.get(name)
         needs = ", ".join(k for k, v in (("forward", c.needs.forward), ("labels", c.needs.labels),
                                           ("gradients", c.needs.gradients)) if v) or "weights only"
-        t.add_row(name, needs, c.granularity, c.source, c.summary)
+        opts = ", ".join(f"{k}={v}" for k, v in c.params.items())
+        t.add_row(name, needs, c.granularity, c.source, c.summary, opts)
     RC(highlight=False, width=200).print(t)
 
 

@@ -109,6 +109,7 @@ class RunConfig(_Frozen):
     objective: Literal["latency", "memory", "accuracy"] = "latency"
     constraints: Constraints = Constraints()
     criterion: str = "magnitude-l2"
+    criterion_options: dict[str, Any] = Field(default_factory=dict)  # the criterion's free parameters
     search: Literal["global", "greedy", "optuna"] = "global"
     policy: str | None = None
     seed: int = 0

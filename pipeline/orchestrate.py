@@ -63,7 +63,7 @@ def check_names(cfg: RunConfig) -> None:
     if cfg.policy:
         PruningPlan.from_file(Path(cfg.policy))
     else:
-        CRITERIA.get(cfg.criterion)
+        CRITERIA.get(cfg.criterion).resolve_options(cfg.criterion_options)
 
 
 def run_pipeline(cfg: RunConfig, out: Path | None, resume: bool, ui) -> bool:

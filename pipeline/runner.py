@@ -53,6 +53,7 @@ class RunState:
     data: Any = None  # stages.load.data.DataBundle
     baseline: dict | None = None
     scores: dict | None = None
+    score_result: Any = None  # stages.score.ScoreResult (allocation / block scores beyond the channel scores)
     plan: Any = None  # PruningPlan
     pruned: nn.Module | None = None
     tune: dict | None = None

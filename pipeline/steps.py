@@ -22,7 +22,7 @@ from stages.prune.apply import Pruner, PruneSettings
 from stages.prune.plan import PruningPlan, apply_plan, macs_params
 from stages.prune.tp_adapter import PruneGraph
 from stages.recover import DistillSettings, distill
-from stages.score import CRITERIA, ScoreContext
+from stages.score import CRITERIA, ScoreContext, ScoreResult
 from targets.base import MeasureSettings
 from targets.ort_runner import OrtRunner
 
@@ -107,17 +107,25 @@ def s_score(state: RunState) -> dict:
     crit = CRITERIA.get(state.cfg.criterion)
     model = copy.deepcopy(state.loaded.module).eval()
     graph = _graph(state, model)
-    ctx = ScoreContext(model=model, graph=graph, calib=state.data.calib, seed=state.cfg.seed)
-    scores = crit(ctx)
+    ctx = ScoreContext(model=model, graph=graph, calib=state.data.calib, seed=state.cfg.seed,
+                       options=state.cfg.criterion_options)
+    result = crit.result(ctx)
+    scores = result.scores
     state.scores = {k: v.detach().float() for k, v in scores.items()}
-    atomic_torch_save(state.run_dir / "scores.pt", {"criterion": crit.name, "scores": state.scores})
-    return {"criterion": crit.name, "groups": len(scores),
+    state.score_result = result
+    atomic_torch_save(state.run_dir / "scores.pt", {"criterion": crit.name, "scores": state.scores,
+                                                    "allocation": result.allocation, "blocks": result.blocks,
+                                                    "options": dict(ctx.options), "passes": result.passes})
+    return {"criterion": crit.name, "groups": len(scores), "options": dict(ctx.options), "passes": result.passes,
             "_summary": f"{crit.name}: {len(scores)} groups, {sum(len(v) for v in scores.values())} channels"}
 
 
 def r_score(state: RunState) -> None:
     if not state.cfg.policy:
-        state.scores = torch.load(state.run_dir / "scores.pt", weights_only=True)["scores"]
+        saved = torch.load(state.run_dir / "scores.pt", weights_only=True)
+        state.scores = saved["scores"]
+        state.score_result = ScoreResult(saved["scores"], saved.get("allocation"), saved.get("blocks"),
+                                         saved.get("passes", {}))
 
 
 def _graph(state: RunState, model) -> PruneGraph:
@@ -340,9 +348,11 @@ def build_stages() -> list[Stage]:
         Stage("load", s_load, config_keys=model_keys),
         Stage("baseline", s_baseline, (), ("baseline.onnx", "baseline.json"),
               (*model_keys, "target", "export", "measure"), r_baseline),
-        Stage("score", s_score, (), ("scores.pt",), (*model_keys, "criterion", "prune", "policy"), r_score),
+        Stage("score", s_score, (), ("scores.pt",), (*model_keys, "criterion", "criterion_options", "prune", "policy"),
+              r_score),
         Stage("tune", s_tune, ("baseline.json", "scores.pt"), ("policy.json", "candidates.json"),
-              (*model_keys, "criterion", "objective", "constraints", "search", "policy", "prune", "recovery",
+              (*model_keys, "criterion", "criterion_options", "objective", "constraints", "search", "policy", "prune",
+               "recovery",
                "tune", "target", "measure", "export"), r_tune),
         Stage("prune", s_prune, ("policy.json",), ("pruned_raw.pt",), (*model_keys, "prune"), r_prune),
         Stage("recover", s_recover, ("pruned_raw.pt",), ("pruned.pt",), (*model_keys, "recovery"), r_recover),

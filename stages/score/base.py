@@ -6,14 +6,15 @@ Adding a criterion is one new file in this package that calls :func:`register`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.errors import ConfigError
 from pipeline.registry import Registry
 from stages.prune.tp_adapter import PruneGraph
 
@@ -37,6 +38,7 @@ class ScoreContext:
     batches: int = 4
     batch_size: int = 64
     seed: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)  # resolved by Criterion.resolve_options
 
     def loader(self) -> DataLoader:
         return DataLoader(self.calib, batch_size=self.batch_size, shuffle=False)
@@ -48,7 +50,26 @@ class ScoreContext:
             yield x, y
 
 
-ScoreFn = Callable[[ScoreContext], dict[str, torch.Tensor]]
+@dataclass
+class ScoreResult:
+    """What a criterion returns. Only ``scores`` is required.
+
+    - ``scores``: per prunable group id, one score per channel (higher = kept first).
+    - ``allocation``: per group id, a relative pruning weight (SBPF): a group with weight 2 loses
+      twice the global ratio, 0.5 half of it. The search turns it into per-group keep ratios.
+    - ``blocks``: per removable block (module name), an importance (LD-Pruner): the lowest go first
+      under depth pruning.
+    - ``passes``: forward/backward passes spent, for the benchmark's cost columns.
+    """
+
+    scores: dict[str, torch.Tensor]
+    allocation: dict[str, float] | None = None
+    blocks: dict[str, float] | None = None
+    passes: dict[str, int] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+ScoreFn = Callable[[ScoreContext], "dict[str, torch.Tensor] | ScoreResult"]
 
 
 @dataclass(frozen=True)
@@ -56,22 +77,66 @@ class Criterion:
     name: str
     fn: ScoreFn
     needs: Needs
-    granularity: Literal["channel", "head", "layer", "weight", "N:M"]
+    granularity: Literal["channel", "head", "layer", "weight", "N:M", "block"]
     source: str
     summary: str
+    params: Mapping[str, Any] = field(default_factory=dict)  # free parameters and their defaults
+
+    def resolve_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults overlaid with ``options``; unknown keys or uncastable values are a ConfigError."""
+        out = dict(self.params)
+        for k, v in (options or {}).items():
+            if k not in self.params:
+                known = ", ".join(self.params) or "none"
+                raise ConfigError(f"criterion {self.name!r} has no option {k!r}",
+                                  hint=f"its options: {known} (see `pipeline criteria`)")
+            default = self.params[k]
+            try:
+                out[k] = _cast(v, default)
+            except (TypeError, ValueError):
+                raise ConfigError(f"criterion option {k}={v!r} is not a {type(default).__name__}",
+                                  hint=f"default is {default!r}") from None
+        return out
+
+    def result(self, ctx: ScoreContext) -> ScoreResult:
+        ctx.options = self.resolve_options(ctx.options)
+        out = self.fn(ctx)
+        return out if isinstance(out, ScoreResult) else ScoreResult(dict(out))
 
     def __call__(self, ctx: ScoreContext) -> dict[str, torch.Tensor]:
-        return self.fn(ctx)
+        return self.result(ctx).scores
+
+
+def _cast(value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default`` (CLI values arrive as strings)."""
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return str(value).lower() in ("1", "true", "yes", "on")
+        raise ValueError(value)
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return type(default)(value)
 
 
 CRITERIA: Registry[Criterion] = Registry("criterion", "criteria")
 
 
-def register(name: str, *, needs: Needs, granularity: str, source: str, summary: str) -> Callable[[ScoreFn], ScoreFn]:
-    """Decorator: register a score function as criterion ``name``."""
+def register(name: str, *, needs: Needs, granularity: str, source: str, summary: str,
+             params: Mapping[str, Any] | None = None) -> Callable[[ScoreFn], ScoreFn]:
+    """Decorator: register a score function as criterion ``name``.
+
+    ``params`` declares the criterion's free parameters with their defaults; the function reads
+    the resolved values from ``ctx.options`` (users set them with ``--criterion-option K=V`` or
+    ``criterion_options:`` in the YAML).
+    """
 
     def deco(fn: ScoreFn) -> ScoreFn:
-        CRITERIA.add(name, Criterion(name, fn, needs, granularity, source, summary))  # type: ignore[arg-type]
+        CRITERIA.add(name, Criterion(name, fn, needs, granularity, source, summary,  # type: ignore[arg-type]
+                                     dict(params or {})))
         return fn
 
     return deco

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError, did_you_mean
 
@@ -47,6 +47,23 @@ class PruneConfig(_Frozen):
     max_ratio: float = Field(0.9, gt=0, lt=1)
     recalibrate_bn: bool = True
     recalibrate_batches: int = Field(8, ge=1)
+    # depth pruning: remove this many residual blocks (lowest LD-Pruner block score first) before
+    # the channel search; 0 = none
+    depth_blocks: int = Field(0, ge=0)
+    # weight sparsity on top of the channel plan: "0.5" (unstructured, per output row), "2:4", "4:8";
+    # zeros in place, kept through recovery and export. Dense runtimes get no speedup from it.
+    sparsity: str | None = None
+    sparsity_criterion: Literal["wanda", "stade", "magnitude"] = "wanda"
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_spec(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from stages.prune.masks import MaskSpec
+
+        MaskSpec.parse(str(v))  # raises ValueError with the accepted forms
+        return str(v)
 
 
 class RecoveryConfig(_Frozen):
@@ -57,6 +74,9 @@ class RecoveryConfig(_Frozen):
     lr: float = Field(0.01, gt=0)
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
+    # gradient-flow soft pruning: over this many steps the pruned channels' masks decay to 0 while
+    # the model trains, before the hard removal; 0 = hard prune first (the default)
+    soft_steps: int = Field(0, ge=0)
 
 
 class ExportConfig(_Frozen):
@@ -94,6 +114,7 @@ class TuneConfig(_Frozen):
     families: Literal["stage", "block", "group"] = "stage"  # one keep ratio per stage / block / group
     keep_step: float = Field(0.05, gt=0, lt=1)  # grid step of the per-family keep ratios
     recover_top: int = Field(3, ge=1)  # feasible trials recovered before the final choice
+    uniform: bool = False  # MaskPrune: one kept width per family (all blocks of a stage, ...)
 
 
 class RunConfig(_Frozen):

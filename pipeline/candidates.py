@@ -37,7 +37,8 @@ class CandidateEvaluator:
                  scores: dict[str, torch.Tensor], round_to: int | None, ignore: tuple[str, ...],
                  pruner: Pruner, target: Target, measure: MeasureSettings,
                  export: ExportSettings, distill: DistillSettings, workdir: Path,
-                 baseline_onnx: Path, baseline_latency_ms: float, rounds: int) -> None:
+                 baseline_onnx: Path, baseline_latency_ms: float, rounds: int,
+                 allocation: Mapping[str, float] | None = None, max_ratio: float = 0.9) -> None:
         self.model, self.sample_shape, self.data = model, sample_shape, data
         self.groups, self.scores, self.round_to, self.ignore = groups, scores, round_to, ignore
         self.pruner = pruner
@@ -51,15 +52,27 @@ class CandidateEvaluator:
         self._cache: dict[tuple, Candidate] = {}
         self._full_key = tuple(sorted((g.id, g.width) for g in groups))
         self._oneshot: dict[tuple, float] = {}
+        self.allocation, self.max_ratio = allocation, max_ratio  # SBPF: per-group share of a global ratio
 
     def plan_for(self, keep_ratios: Mapping[str, float], meta: Mapping[str, object]):
         return make_plan(self.groups, self.scores, keep_ratios, self.round_to, self.ignore,
                          meta={**meta, "round_to": self.round_to})
 
+    def global_keep_ratios(self, ratio: float) -> dict[str, float]:
+        """Per-group keep ratios for a global prune ratio: uniform, or shared out by the criterion's
+        allocation (SBPF: less sensitive groups lose more, channel-weighted mean still ``ratio``)."""
+        if not self.allocation:
+            return uniform_ratios(self.groups, ratio)
+        from stages.score.sbpf import allocated_keep_ratios
+
+        return allocated_keep_ratios(self.allocation, {g.id: g.width for g in self.groups}, ratio, self.max_ratio)
+
     def measure(self, ratio: float) -> Candidate:
-        """A global ratio: every group keeps ``1 - ratio`` of its channels."""
-        return self.measure_policy(uniform_ratios(self.groups, ratio), {"kind": "global", "prune_ratio": round(ratio, 4)},
-                                   ratio)
+        """A global ratio: every group keeps ``1 - ratio`` of its channels (or its allocated share)."""
+        policy = {"kind": "global", "prune_ratio": round(ratio, 4)}
+        if self.allocation:
+            policy["allocation"] = "criterion"
+        return self.measure_policy(self.global_keep_ratios(ratio), policy, ratio)
 
     def measure_policy(self, keep_ratios: Mapping[str, float], policy: Mapping[str, object],
                        ratio: float | None = None) -> Candidate:

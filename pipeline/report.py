@@ -62,7 +62,26 @@ def build_report(state: Any) -> dict:
         "tune": {"stop_reason": tune.get("stop_reason"), "budgets": tune.get("budgets")},
         "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3)} for r in state.records],
         "versions": versions(),
+        "sparsity": sparsity_section(state),
     }
+
+
+def sparsity_section(state: Any) -> dict | None:
+    """Weight sparsity achieved in the final model when ``prune.sparsity`` masked it, else None."""
+    path = Path(state.run_dir) / "masks.pt"
+    if not path.is_file() or state.pruned is None:
+        return None
+    import torch
+
+    from stages.prune.masks import MaskSpec, sparsity_report
+
+    saved = torch.load(path, weights_only=True)
+    rep = sparsity_report(state.pruned, layers=list(saved["pruned"]), spec=MaskSpec.parse(saved["pattern"]))
+    dense = [n for n, m in state.pruned.named_modules() if n not in saved["pruned"]
+             and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    return {"pattern": saved["pattern"], "criterion": saved["criterion"], "sparsity": rep["sparsity"],
+            "model_sparsity": rep["model_sparsity"], "masked_layers": len(saved["pruned"]), "dense_layers": dense,
+            "nm_ok": all(v.get("nm_ok", True) for v in rep["layers"].values()), "note": rep["speedup_note"]}
 
 
 def write_report(run_dir: Path, report: dict) -> None:
@@ -159,6 +178,16 @@ def markdown(r: dict) -> str:
         lines.append(f"| accuracy drop | <= {c['max_accuracy_drop']:.2f} pts | {r['accuracy_drop']:.2f} pts |")
     lines += ["", "## Baseline vs final", "", "| metric | baseline | final |", "|---|---|---|"]
     lines += [f"| {a} | {x} | {y} |" for a, x, y in rows]
+    sp = r.get("sparsity")
+    if sp:
+        lines += ["", "## Weight sparsity", "",
+                  f"{100 * sp['sparsity']:.1f}% of the weights of {sp['masked_layers']} layers are zero "
+                  f"(`{sp['pattern']}` by `{sp['criterion']}`; {100 * sp['model_sparsity']:.1f}% of all parameters); "
+                  f"left dense: {', '.join(f'`{n}`' for n in sp['dense_layers']) or 'none'}.",
+                  "",
+                  f"**This gives no speedup on this target.** The latency above is what a dense runtime does with "
+                  f"the zeros: {sp['note']}. The `jetson` / `tensorrt` targets turn a 2:4 pattern into "
+                  f"speed on Orin with `SPARSE_WEIGHTS`."]
     lines += ["", "## Search", "", f"Stop reason: {r['tune'].get('stop_reason')}", "",
               "![accuracy vs measured latency](pareto.png)", ""]
     if r["candidates"]:

@@ -110,13 +110,14 @@ def s_score(state: RunState) -> dict:
     ctx = ScoreContext(model=model, graph=graph, calib=state.data.calib, seed=state.cfg.seed,
                        options=state.cfg.criterion_options)
     result = crit.result(ctx)
+    options = crit.resolve_options(state.cfg.criterion_options)
     scores = result.scores
     state.scores = {k: v.detach().float() for k, v in scores.items()}
     state.score_result = result
     atomic_torch_save(state.run_dir / "scores.pt", {"criterion": crit.name, "scores": state.scores,
                                                     "allocation": result.allocation, "blocks": result.blocks,
-                                                    "options": dict(ctx.options), "passes": result.passes})
-    return {"criterion": crit.name, "groups": len(scores), "options": dict(ctx.options), "passes": result.passes,
+                                                    "options": options, "passes": result.passes})
+    return {"criterion": crit.name, "groups": len(scores), "options": options, "passes": result.passes,
             "_summary": f"{crit.name}: {len(scores)} groups, {sum(len(v) for v in scores.values())} channels"}
 
 
@@ -156,7 +157,9 @@ def s_tune(state: RunState) -> dict:
         baseline_onnx=state.run_dir / "baseline.onnx", baseline_latency_ms=base["record"]["latency_ms"]["median"],
         export=_export_settings(state), distill=_distill_settings(state, cfg.recovery.tune_steps
                                                                   if cfg.recovery.method != "none" else 0),
-        workdir=state.run_dir / "candidates")
+        workdir=state.run_dir / "candidates",
+        allocation=getattr(state.score_result, "allocation", None) if cfg.search == "global" else None,
+        max_ratio=cfg.prune.max_ratio)
     t = cfg.tune
     limits = SearchLimits(cfg.prune.max_ratio, t.step, t.min_step, t.max_candidates, t.time_limit_s, t.latency_margin)
     extra: dict = {}
@@ -249,13 +252,37 @@ def _pruner(state: RunState) -> Pruner:
 def s_prune(state: RunState) -> dict:
     lm = state.loaded
     pruned = _pruner(state).build(state.plan)
+    sparsity = _sparsify(state, pruned) if state.cfg.prune.sparsity else None
+    if sparsity is not None:
+        pruned = sparsity.pop("_model")
+    else:
+        (state.run_dir / "masks.pt").unlink(missing_ok=True)
     state.pruned = pruned
     save_pruned(state.run_dir / "pruned_raw.pt", pruned, state.plan, lm.spec)
     macs, params = macs_params(pruned, lm.input_shape)
     acc = evaluate_top1(TorchRunner(pruned), state.data.calib)
+    extra = f"; {100 * sparsity['sparsity']:.1f}% weight sparsity ({sparsity['pattern']})" if sparsity else ""
     return {"macs": macs, "params": params, "bn_recalibrated": state.cfg.prune.recalibrate_bn,
-            "calib_accuracy_oneshot": acc,
-            "_summary": f"{params / 1e6:.2f} M params, {macs / 1e6:.1f} MMACs; one-shot calib acc {acc:.2f}%"}
+            "calib_accuracy_oneshot": acc, "sparsity": sparsity,
+            "_summary": f"{params / 1e6:.2f} M params, {macs / 1e6:.1f} MMACs; one-shot calib acc {acc:.2f}%{extra}"}
+
+
+def _sparsify(state: RunState, pruned) -> dict:
+    """Weight masks on top of the channel plan (``prune.sparsity``); masks saved to masks.pt so
+    recovery can hold the zeros."""
+    from stages.prune.masks import output_layer, sparsify
+    from stages.score.calib_stats import calib_inputs
+
+    p = state.cfg.prune
+    inputs = list(calib_inputs(state.data.calib, 4))
+    head = output_layer(pruned, inputs[0][:1])
+    ignore = (*p.ignore, *((head,) if head else ()))
+    masked, masks, rep = sparsify(pruned, inputs, p.sparsity_criterion, p.sparsity, ignore=ignore)
+    atomic_torch_save(state.run_dir / "masks.pt", {"pattern": str(masks.spec), "criterion": p.sparsity_criterion,
+                                                   "pruned": masks.pruned})
+    return {"_model": masked, "pattern": rep["pattern"], "criterion": p.sparsity_criterion,
+            "sparsity": rep["sparsity"], "model_sparsity": rep["model_sparsity"], "dense_layers": sorted(ignore),
+            "skipped": masks.skipped, "note": rep["speedup_note"]}
 
 
 def r_prune(state: RunState) -> None:

@@ -294,7 +294,23 @@ def sparsity_report(model: nn.Module, layers: Collection[str] | None = None, spe
 
 # ------------------------------------------------------------------ one call for the pipeline
 
-WEIGHT_CRITERIA = ("wanda", "stade", "stadew")
+WEIGHT_CRITERIA = ("wanda", "stade", "stadew", "magnitude")
+
+
+def magnitude_masks(model: nn.Module, stats: Mapping[str, object], spec: MaskSpec | str = "0.5",
+                    ignore: Collection[str] = ()) -> WeightMasks:
+    """Plain ``|W|`` masks, the reference every activation-aware criterion must beat (stats only
+    name the layers; no compensation)."""
+    spec = MaskSpec.parse(spec) if isinstance(spec, str) else spec
+    return build_masks(model, stats, spec, lambda name, layer, st: layer.weight.detach().abs(), ignore)
+
+
+def output_layer(model: nn.Module, x: torch.Tensor) -> str | None:
+    """The last Linear/Conv2d to run: the classifier head, left dense by default (as Wanda leaves
+    ``lm_head``), since its rows are each one class."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    order = _execution_order(model, x, names)
+    return order[-1] if order else None
 
 
 def _execution_order(model: nn.Module, x: torch.Tensor, names: Collection[str]) -> list[str]:
@@ -319,7 +335,7 @@ def sparsify(model: nn.Module, inputs: Collection[torch.Tensor], criterion: str,
     Args:
         model: The dense model (not modified).
         inputs: Calibration input batches (a list: they are read more than once).
-        criterion: ``wanda``, ``stade`` or ``stadew``.
+        criterion: ``wanda``, ``stade``, ``stadew`` or ``magnitude``.
         spec: ``"0.5"`` (per row), ``"2:4"``, ``"4:8"``, ``"layer:0.5"`` ... (:meth:`MaskSpec.parse`).
         ignore: Layers left dense (pass the classifier head).
         sequential: Layer by layer in execution order, each scored (and compensated) on the
@@ -334,7 +350,8 @@ def sparsify(model: nn.Module, inputs: Collection[torch.Tensor], criterion: str,
     from stages.score import stade, wanda
     from stages.score.calib_stats import collect_input_stats
 
-    builders = {"wanda": wanda.wanda_masks, "stade": stade.stade_masks, "stadew": stade.stadew_masks}
+    builders = {"wanda": wanda.wanda_masks, "stade": stade.stade_masks, "stadew": stade.stadew_masks,
+                "magnitude": magnitude_masks}
     if criterion not in builders:
         raise ConfigError(f"criterion '{criterion}' has no weight-level (unstructured / N:M) form."
                           f"{did_you_mean(criterion, builders)}", hint=f"use one of {', '.join(WEIGHT_CRITERIA)}")

@@ -23,9 +23,11 @@ POWER = 1.0  # p, the authors' scripts use --power_value 1
 
 @register("aap", needs=Needs(forward=True), granularity="channel",
           source="AAP, Zhao et al., arXiv 2201.10520 / AISTATS'23 (methods.md §10)",
-          summary="spatial mean of the batch-averaged post-ReLU activation ** p, per filter")
+          summary="spatial mean of the batch-averaged post-ReLU activation ** p, per filter",
+          params={"power": POWER})
 @torch.no_grad()
-def aap(ctx: ScoreContext, power: float = POWER) -> dict[str, torch.Tensor]:
+def aap(ctx: ScoreContext, power: float | None = None) -> dict[str, torch.Tensor]:
+    power = float(ctx.options.get("power", POWER)) if power is None else power
     modules = dict(ctx.model.named_modules())
     groups = ctx.graph.groups()
     watch: dict[str, str] = {}  # layer name -> group id

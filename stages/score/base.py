@@ -6,6 +6,7 @@ Adding a criterion is one new file in this package that calls :func:`register`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -99,7 +100,8 @@ class Criterion:
         return out
 
     def result(self, ctx: ScoreContext) -> ScoreResult:
-        ctx.options = self.resolve_options(ctx.options)
+        """Run the criterion on a copy of ``ctx`` whose options are resolved for it."""
+        ctx = dataclasses.replace(ctx, options=self.resolve_options(ctx.options))
         out = self.fn(ctx)
         return out if isinstance(out, ScoreResult) else ScoreResult(dict(out))
 

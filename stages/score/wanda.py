@@ -45,9 +45,11 @@ def weight_scores(name: str, layer: nn.Module, stats: InputStats) -> torch.Tenso
 
 
 @register("wanda", needs=Needs(forward=True), granularity="channel", source=SOURCE,
-          summary="|W|*||X|| summed over the consumer input columns each channel feeds (structured Wanda)")
+          summary="|W|*||X|| summed over the consumer input columns each channel feeds (structured Wanda)",
+          params={"power": POWER})
 @torch.no_grad()
-def wanda(ctx: ScoreContext, power: float = POWER) -> dict[str, torch.Tensor]:
+def wanda(ctx: ScoreContext, power: float | None = None) -> dict[str, torch.Tensor]:
+    power = float(ctx.options.get("power", POWER)) if power is None else power
     inputs = (x for x, _ in ctx.calib_batches())
     score = weight_scores if power == 1 else (lambda n, layer, st: weight_scores(n, layer, st) ** power)
     return channel_scores(ctx.model, ctx.graph.groups(), inputs, score)

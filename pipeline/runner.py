@@ -55,6 +55,7 @@ class RunState:
     scores: dict | None = None
     score_result: Any = None  # stages.score.ScoreResult (allocation / block scores beyond the channel scores)
     plan: Any = None  # PruningPlan
+    drop_blocks: tuple[str, ...] = ()  # blocks depth pruning dropped (score stage); the plan carries them after tune
     pruned: nn.Module | None = None
     tune: dict | None = None
     final: dict | None = None

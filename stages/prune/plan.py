@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.errors import ConfigError, StageError
+from stages.prune.depth import drop_blocks
 from stages.prune.tp_adapter import GroupInfo, PruneGraph, count_macs_params
 
 
@@ -37,20 +38,29 @@ class GroupPlan:
 
 @dataclass(frozen=True)
 class PruningPlan:
-    """Per-group kept channel indices. JSON-serialisable via :meth:`to_json`."""
+    """Per-group kept channel indices. JSON-serialisable via :meth:`to_json`.
+
+    ``drop_blocks`` names residual blocks replaced by identity (depth pruning) *before* the
+    channel groups are applied: the group ids are those of the depth-pruned model. The JSON key
+    is written only when blocks are dropped, and an absent key reads as none.
+    """
 
     groups: tuple[GroupPlan, ...]
     ignore: tuple[str, ...] = ()
     meta: Mapping[str, object] = field(default_factory=dict)
+    drop_blocks: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "format": "edge-pipeline/plan-v1",
             "ignore": list(self.ignore),
             "meta": dict(self.meta),
             "groups": {g.id: {"width": g.width, "kept": len(g.keep), "keep_ratio": round(g.keep_ratio, 4),
                               "keep_idxs": list(g.keep)} for g in self.groups},
         }
+        if self.drop_blocks:
+            out["drop_blocks"] = list(self.drop_blocks)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping) -> PruningPlan:
@@ -59,7 +69,11 @@ class PruningPlan:
                              hint="pass the policy.json written by a previous `pipeline run`")
         groups = tuple(GroupPlan(gid, int(g["width"]), tuple(int(i) for i in g["keep_idxs"]))
                        for gid, g in d["groups"].items())
-        return cls(groups, tuple(d.get("ignore", ())), dict(d.get("meta", {})))
+        drop = d.get("drop_blocks", ())
+        if not isinstance(drop, (list, tuple)) or not all(isinstance(n, str) for n in drop):
+            raise ConfigError("pruning plan: drop_blocks must be a list of module names",
+                              hint="pass the policy.json written by a previous `pipeline run`")
+        return cls(groups, tuple(d.get("ignore", ())), dict(d.get("meta", {})), tuple(drop))
 
     @classmethod
     def from_file(cls, path: Path) -> PruningPlan:
@@ -117,9 +131,14 @@ def uniform_ratios(groups: list[GroupInfo], prune_ratio: float) -> dict[str, flo
 def apply_plan(model: nn.Module, example_input: torch.Tensor, plan: PruningPlan) -> nn.Module:
     """Return a pruned deep copy of ``model``; the input model is never modified.
 
+    The plan's ``drop_blocks`` are replaced by identity first, then its channel groups (ids of
+    the depth-pruned model) are removed. A model whose blocks are already dropped is fine.
     After pruning, a forward pass checks the output shape is unchanged and finite.
     """
-    pruned = copy.deepcopy(model).eval()
+    if plan.drop_blocks:
+        pruned = drop_blocks(model, plan.drop_blocks).eval()
+    else:
+        pruned = copy.deepcopy(model).eval()
     with torch.no_grad():
         ref = model(example_input)
     graph = PruneGraph(pruned, example_input, plan.ignore)

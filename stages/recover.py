@@ -26,6 +26,25 @@ class DistillSettings:
     alpha: float = 0.5
     weight_decay: float = 5e-4
     seed: int = 0
+    # the cosine schedule runs over ``schedule_steps`` (None: ``steps``) and starts at
+    # ``schedule_start``: a run split in two phases (soft masks, then plain KD) keeps one schedule
+    schedule_start: int = 0
+    schedule_steps: int | None = None
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of this run's ``step`` (0-based) on the cosine schedule."""
+        total = self.schedule_steps or self.steps
+        return self.lr * 0.5 * (1 + math.cos(math.pi * (self.schedule_start + step) / max(total, 1)))
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, t: float,
+            alpha: float) -> torch.Tensor:
+    """``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, y)`` (no CE at alpha 1)."""
+    soft = F.softmax(teacher_logits / t, dim=1)
+    loss = alpha * (t * t) * F.kl_div(F.log_softmax(student_logits / t, dim=1), soft, reduction="batchmean")
+    if alpha < 1.0:
+        loss = loss + (1 - alpha) * F.cross_entropy(student_logits, y)
+    return loss
 
 
 def distill(student: nn.Module, teacher: nn.Module, train: Dataset, settings: DistillSettings, labeled: bool,
@@ -35,7 +54,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, settings: Di
         return {"steps": 0}
     torch.manual_seed(settings.seed)
     g = torch.Generator().manual_seed(settings.seed)
-    xs, ys = _materialise(train)
+    xs, ys = materialise(train)
     teacher = teacher.eval()
     opt = torch.optim.SGD(student.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
                           weight_decay=settings.weight_decay)
@@ -43,16 +62,13 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, settings: Di
     losses = []
     for step in range(settings.steps):
         for pg in opt.param_groups:
-            pg["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * step / settings.steps))
+            pg["lr"] = settings.lr_at(step)
         idx = torch.randint(0, len(xs), (min(settings.batch_size, len(xs)),), generator=g)
         x, y = xs[idx], ys[idx]
         with torch.no_grad():
-            soft = F.softmax(teacher(x) / t, dim=1)
+            teacher_logits = teacher(x)
         student.train()
-        out = student(x)
-        loss = alpha * (t * t) * F.kl_div(F.log_softmax(out / t, dim=1), soft, reduction="batchmean")
-        if alpha < 1.0:
-            loss = loss + (1 - alpha) * F.cross_entropy(out, y)
+        loss = kd_loss(student(x), teacher_logits, y, t, alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -64,7 +80,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, settings: Di
     return {"steps": settings.steps, "loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k}
 
 
-def _materialise(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def materialise(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     tensors = getattr(ds, "tensors", None)
     if tensors is not None and len(tensors) == 2:
         return tensors[0], tensors[1]

@@ -6,7 +6,7 @@ import torch
 
 from stages.score.base import Needs, ScoreContext, register
 
-_SOURCE = "Torch-Pruning GroupMagnitudeImportance (Li et al., ICLR'17; Fang et al., DepGraph, CVPR'23)"
+_SOURCE = "Torch-Pruning baseline: GroupMagnitudeImportance (Li et al., ICLR'17; Fang et al., DepGraph, CVPR'23)"
 
 
 @register("magnitude-l1", needs=Needs(), granularity="channel", source=_SOURCE,

@@ -9,7 +9,7 @@ from stages.score.base import Needs, ScoreContext, register
 
 
 @register("taylor", needs=Needs(forward=True, labels=True, gradients=True), granularity="channel",
-          source="Torch-Pruning GroupTaylorImportance (Molchanov et al., CVPR'19)",
+          source="Torch-Pruning baseline: GroupTaylorImportance (Molchanov et al., CVPR'19)",
           summary="|w * dL/dw| per channel, gradients of the cross-entropy over calibration batches")
 def taylor(ctx: ScoreContext) -> dict[str, torch.Tensor]:
     model = ctx.model

@@ -1,0 +1,236 @@
+"""Progressive soft pruning (Gradient-Flow, Wan et al., arXiv 2501.09464; methods.md §5), then
+the hard removal and plain distillation. Used by the recover stage when ``recovery.soft_steps > 0``.
+
+Instead of removing the plan's channels at once, recovery starts from the **unpruned** model (a
+copy; the teacher is the unpruned model itself) with a multiplicative mask on every channel of a
+group, applied by forward hooks at the group's channel sites (its norm layers' outputs, else its
+conv/linear outputs: :meth:`PruneGraph.channel_sites`). Kept channels stay at 1. For K steps the
+model trains with knowledge distillation while the removed channels' masks follow a gradient flow
+[RECON: the paper's energy and schedule were not available; this is our reading of the abstract]:
+
+- energy ``E = KD loss + β · Σ_c S̃_c · m_c`` over the removed channels, with ``S_c`` the
+  gradient-flow saliency of channel c (``stages.score.gradflow``: S > 0 means removing c raises
+  the gradient norm, so its mask is pushed down harder) normalised by the mean ``|S|`` over the
+  removed channels (``S̃``, so β has no unit);
+- mask step ``m ← clip(m − η ∂E/∂m, 0, 1)`` after each optimiser step, with ``∂E/∂m`` from the
+  same backward pass as the weights' gradients plus ``β S̃``;
+- linear ramp: after step k, a removed channel's mask is at most ``1 − k/K``, so every removed
+  mask is exactly 0 after step K (channels the flow pushes harder get there earlier).
+
+After step K the zeroed channels carry no signal anywhere (the sites cover every output the
+channel has, and ReLU(0) = 0), so removing them with the plan is exact: the hard-pruned model is
+checked against the masked one on calibration inputs (tolerance ``EXACT_ATOL``). The remaining
+``steps − K`` steps are ordinary distillation of the pruned model; both phases share one cosine
+learning-rate schedule over all ``steps``. BatchNorm statistics are not re-estimated after the
+removal: the masked training already ran on the masked activations. STADE's bias compensation is
+not applied on this path (the distillation adapts the biases).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.errors import ConfigError, StageError
+from stages.prune.plan import PruningPlan, apply_plan
+from stages.prune.tp_adapter import PruneGraph
+from stages.recover import DistillSettings, distill, kd_loss, materialise
+
+EXACT_ATOL = 1e-4  # masked model at step K vs. hard-pruned model: max |diff| <= EXACT_ATOL * max(1, max |out|)
+
+
+@dataclass(frozen=True)
+class SoftSettings:
+    """The soft phase [RECON]: K steps, energy weight β, mask step η, re-scoring period."""
+
+    steps: int  # K
+    beta: float = 0.01  # with eta = 1 the pressure on an average removed mask is 0.01 per step, the size of
+    eta: float = 1.0  # the KD gradient on the masks (0.002-0.1 on the embedded default); see docs/criteria.md
+    rescore_every: int = 0  # recompute S every this many steps (with the masks on); 0 = once, at the start
+    score_batches: int = 1  # calibration batches per S computation (of the distillation batch size)
+
+
+class ChannelMasks:
+    """Per-channel multiplicative masks of the plan's groups, on ``model``'s channel sites.
+
+    ``values[gid]`` is a leaf tensor (``requires_grad``) of the group's width; ``removed[gid]``
+    marks the channels the plan removes. Only groups that lose channels get hooks.
+    """
+
+    def __init__(self, model: nn.Module, graph: PruneGraph, plan: PruningPlan) -> None:
+        modules = dict(model.named_modules())
+        sites = graph.channel_sites()
+        widths = {g.id: g.width for g in graph.groups()}
+        self.values: dict[str, torch.Tensor] = {}
+        self.removed: dict[str, torch.Tensor] = {}
+        self._sites: list[tuple[nn.Module, str]] = []
+        for gp in plan.groups:
+            if gp.id not in widths or widths[gp.id] != gp.width:
+                raise StageError(f"plan group '{gp.id}' (width {gp.width}) does not match the unpruned model",
+                                 hint="the plan was made for a different architecture; set recovery.soft_steps: 0")
+            removed = torch.ones(gp.width, dtype=torch.bool)
+            removed[list(gp.keep)] = False
+            if not removed.any():
+                continue
+            device = next(modules[sites[gp.id][0]].parameters(), torch.empty(0)).device if sites[gp.id] else None
+            self.values[gp.id] = torch.ones(gp.width, device=device, requires_grad=True)
+            self.removed[gp.id] = removed.to(device)
+            self._sites += [(modules[name], gp.id) for name in sites[gp.id]]
+
+    @contextmanager
+    def attached(self) -> Iterator[ChannelMasks]:
+        """Forward hooks that multiply each site's output by its group's mask (removed on exit)."""
+        hooks = [mod.register_forward_hook(self._hook(mod, gid)) for mod, gid in self._sites]
+        try:
+            yield self
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def _hook(self, mod: nn.Module, gid: str) -> Callable:
+        last = isinstance(mod, (nn.Linear, nn.LayerNorm))  # channels on the last dim, else on dim 1
+        mask = self.values[gid]
+
+        def fn(_mod, _inp, out):
+            if last:
+                return out * mask
+            return out * mask.view(1, -1, *([1] * (out.dim() - 2)))
+        return fn
+
+    def zero_grad(self) -> None:
+        for m in self.values.values():
+            m.grad = None
+
+    @torch.no_grad()
+    def flow_step(self, eta: float, pressure: Mapping[str, torch.Tensor], cap: float) -> None:
+        """``m ← clip(m − η (∂KD/∂m + β S̃), 0, min(1, cap))`` on removed channels; kept stay 1."""
+        for gid, m in self.values.items():
+            grad = m.grad if m.grad is not None else torch.zeros_like(m)
+            new = (m - eta * (grad + pressure[gid].to(m.device))).clamp(0.0, max(0.0, min(1.0, cap)))
+            m.copy_(torch.where(self.removed[gid], new, torch.ones_like(m)))
+            m.grad = None
+
+    def removed_max(self) -> float:
+        """The largest mask value among removed channels (0 once all are off)."""
+        vals = [m.detach()[self.removed[g]].max() for g, m in self.values.items()]
+        return float(max(vals)) if vals else 0.0
+
+
+def flow_pressure(model: nn.Module, graph: PruneGraph, masks: ChannelMasks, batches: list, beta: float,
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """``β · S̃`` per group channel: the gradient-flow saliency summed over each channel's
+    parameters, divided by the mean ``|S|`` over the removed channels."""
+    from stages.score.gradflow import parameter_saliency
+
+    saliency, passes = parameter_saliency(model, batches)
+    group = graph.group_sum(saliency)
+    removed = [group[g][masks.removed[g].cpu()].abs() for g in masks.values]
+    scale = float(torch.cat(removed).mean()) if removed else 0.0
+    scale = scale if scale > 0 else 1.0
+    return {g: beta * group[g] / scale for g in masks.values}, passes
+
+
+def soft_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor, train: Dataset, calib: Dataset,
+               soft: SoftSettings, settings: DistillSettings, labeled: bool,
+               on_step: Callable[[int, float], None] | None = None) -> tuple[nn.Module, dict]:
+    """Soft masks for ``soft.steps`` steps on a copy of ``model``, hard removal, then plain KD.
+
+    Args:
+        model: The unpruned model: the teacher, and the start of the student (never modified).
+        plan: Channels to keep; the others are masked, then removed.
+        example_input: A batch for tracing the dependency graph.
+        train: Distillation data; ``calib``: data for the gradient-flow scores and the exactness check.
+        soft: The soft phase; ``settings``: the distillation, whose ``steps`` is the total (soft + plain).
+        labeled: Whether ``train`` has labels (else the CE term is dropped).
+        on_step: Called with (step, loss) after every step of both phases.
+
+    Returns:
+        The pruned model (plan applied) and the record of both phases.
+    """
+    k_steps, total = soft.steps, settings.steps
+    if k_steps <= 0 or k_steps > total:
+        raise ConfigError(f"recovery.soft_steps={k_steps} must be in 1..recovery.steps ({total})",
+                          hint="lower recovery.soft_steps or raise recovery.steps")
+    teacher = model.eval()
+    blocks = tuple(getattr(plan, "drop_blocks", ()))  # depth pruning: the plan's groups are those without them
+    if blocks:
+        from stages.prune.depth import drop_blocks
+
+        student = drop_blocks(model, blocks)
+    else:
+        student = copy.deepcopy(model)
+    graph = PruneGraph(student, example_input, plan.ignore)  # traced before any hook exists
+    masks = ChannelMasks(student, graph, plan)
+    device = next(student.parameters()).device
+    score_data = [b for _, b in zip(range(max(1, soft.score_batches)),
+                                    DataLoader(calib, batch_size=settings.batch_size, shuffle=False))]
+    check_x = score_data[0][0][:32].to(device)
+
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    xs, ys = materialise(train)
+    sched = dataclasses.replace(settings, schedule_start=0, schedule_steps=total)
+    opt = torch.optim.SGD(student.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
+                          weight_decay=settings.weight_decay)
+    t, alpha = settings.temperature, settings.alpha if labeled else 1.0
+    losses: list[float] = []
+    mask_max: list[float] = []
+    passes = {"forward": 0, "backward": 0}
+    with masks.attached():
+        pressure, p = flow_pressure(student, graph, masks, score_data, soft.beta)
+        passes = {k: passes[k] + p[k] for k in passes}
+        for step in range(k_steps):
+            for pg in opt.param_groups:
+                pg["lr"] = sched.lr_at(step)
+            idx = torch.randint(0, len(xs), (min(settings.batch_size, len(xs)),), generator=gen)
+            x, y = xs[idx].to(device), ys[idx].to(device)
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            student.train()
+            loss = kd_loss(student(x), teacher_logits, y, t, alpha)
+            opt.zero_grad(set_to_none=True)
+            masks.zero_grad()
+            loss.backward()
+            opt.step()
+            masks.flow_step(soft.eta, pressure, cap=1.0 - (step + 1) / k_steps)
+            losses.append(loss.item())
+            mask_max.append(masks.removed_max())
+            if on_step is not None:
+                on_step(step + 1, losses[-1])
+            if soft.rescore_every and (step + 1) % soft.rescore_every == 0 and step + 1 < k_steps:
+                pressure, p = flow_pressure(student, graph, masks, score_data, soft.beta)
+                passes = {k: passes[k] + p[k] for k in passes}
+        student.eval()
+        with torch.no_grad():
+            ref = student(check_x)
+    pruned = apply_plan(student, example_input, plan)
+    with torch.no_grad():
+        diff = float((pruned(check_x) - ref).abs().max())
+    if diff > EXACT_ATOL * max(1.0, float(ref.abs().max())):
+        raise StageError(f"hard removal after the soft masks changed the outputs by {diff:.3g} (tolerance "
+                         f"{EXACT_ATOL:g}): a masked channel still reaches the output",
+                         hint="this architecture has a channel path the masks miss; set recovery.soft_steps: 0")
+
+    plain = dataclasses.replace(settings, steps=total - k_steps, seed=settings.seed + 1,
+                                schedule_start=k_steps, schedule_steps=total)
+    tick = None if on_step is None else (lambda s, loss: on_step(k_steps + s, loss))
+    rec = distill(pruned, teacher, train, plain, labeled, on_step=tick)
+    n = max(1, len(losses) // 10)
+    record = {
+        "steps": total, "loss_first": sum(losses[:n]) / n,
+        "loss_last": rec["loss_last"] if rec.get("steps") else sum(losses[-n:]) / n,
+        "soft": {"steps": k_steps, "beta": soft.beta, "eta": soft.eta, "rescore_every": soft.rescore_every,
+                 "removed_channels": int(sum(int(r.sum()) for r in masks.removed.values())),
+                 "loss_first": sum(losses[:n]) / n, "loss_last": sum(losses[-n:]) / n,
+                 "mask_max": [round(v, 4) for v in mask_max], "score_passes": passes,
+                 "hard_removal_max_abs": diff},
+        "plain": rec,
+    }
+    return pruned.eval(), record

@@ -58,6 +58,15 @@ class Target(Protocol):
     def describe(self) -> str: ...
 
 
+def build_engine(target: Target, onnx_path: Path, sample_shape: tuple[int, ...], out_dir: Path, *,
+                 module: Any = None, calibration: Any = None) -> Engine:
+    """Build on ``target``, handing over only what it declares in ``build_inputs`` beyond the ONNX:
+    the torch module the ONNX was exported from (``cuda`` with runtime torch) and calibration
+    samples (TensorRT INT8). Targets that need nothing more get the plain three-argument call."""
+    wants = getattr(target, "build_inputs", frozenset())
+    extra = {k: v for k, v in (("module", module), ("calibration", calibration)) if k in wants and v is not None}
+    return target.build(Path(onnx_path), sample_shape, Path(out_dir), **extra)
+
 @dataclass(frozen=True)
 class TargetSpec:
     """One row of the target table."""

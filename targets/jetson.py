@@ -19,6 +19,13 @@ fetch the JSON and the log, and parse them with :mod:`targets.trtexec_log` and
 device memory, else tegrastats' RAM growth (unified memory).
 
 Accuracy (``runner``) runs through ONNX Runtime on the host, not through the engine on the device.
+
+``runtime: ort`` measures without TensorRT: the ``cpu`` target's ONNX Runtime worker
+(:class:`targets.remote.OrtOnDevice`, CPU execution provider) runs on the device through the same
+session, next to the same probe (module, L4T, power mode, clocks; trtexec is not required). It is
+for a Jetson whose container has no TensorRT, and for Raspberry Pi-class boards. TensorRT builder
+options are refused with it, and the device need not be a Jetson (a warning says when it does
+not look like one).
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from targets.tensorrt import (OnnxFacts, PrecisionPlan, TrtSettings, batch_profi
 log = logging.getLogger("pipeline.jetson")
 
 DEFAULT_REMOTE_PATH = ("/usr/src/tensorrt/bin",)  # where JetPack installs trtexec (not on PATH)
+RUNTIMES = ("trtexec", "ort")
+TRT_ONLY_OPTIONS = ("precision", "workspace_mb", "dla_core", "sparsity", "max_batch", "timing_cache_dir")
 DEFAULT_COMMAND_TIMEOUT_S = 3600.0  # engine builds on an Orin Nano take many minutes
 
 PROBE_SCRIPT = r"""
@@ -228,6 +237,30 @@ def check_profile_options(profile: DeviceProfile, settings: TrtSettings, trt_ver
 # --------------------------------------------------------------------------- the target
 
 
+def check_jetson_options(options: Mapping[str, Any]) -> str:
+    """Check option values before anything runs; returns the runtime (``trtexec`` or ``ort``)."""
+    from pipeline.errors import did_you_mean
+
+    runtime = str(options.get("runtime") or "trtexec").strip().lower()
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"target option runtime '{options.get('runtime')}' is not one of {', '.join(RUNTIMES)}."
+                          f"{did_you_mean(runtime, RUNTIMES)}", hint="runtime: trtexec | ort")
+    if runtime == "ort":
+        trt_only = [k for k in TRT_ONLY_OPTIONS if options.get(k) is not None]
+        if trt_only:
+            raise ConfigError(f"target option '{trt_only[0]}' applies to runtime trtexec; runtime ort measures the "
+                              "ONNX as exported (fp32) with ONNX Runtime's CPU execution provider",
+                              hint=f"drop {trt_only[0]}, or use runtime: trtexec")
+    else:
+        if options.get("remote_python") is not None:
+            raise ConfigError("target option 'remote_python' applies to runtime ort (ONNX Runtime on the device)",
+                              hint="add runtime: ort, or drop remote_python")
+        TrtSettings.from_options(options)
+    if options.get("device_profile"):
+        get_profile(str(options["device_profile"]))
+    return runtime
+
+
 def _parse_times(path: Path) -> list[float]:
     """Per-inference ``computeMs`` from a ``--exportTimes`` JSON (validated by the shared parser)."""
     from targets.trtexec_log import load_trtexec_json
@@ -245,6 +278,7 @@ class JetsonTarget:
     name = "jetson"
 
     def __init__(self, options: Mapping[str, Any]) -> None:
+        self.runtime = check_jetson_options(options)
         dev = options.get("device")
         address = Address.parse(str(dev)) if dev else None
         if address is None and not Path("/etc/nv_tegra_release").exists():
@@ -255,15 +289,22 @@ class JetsonTarget:
         settings = SshSettings.from_options(options, command_timeout_s=DEFAULT_COMMAND_TIMEOUT_S,
                                             path_prepend=path)
         self.device = Device(address, settings)
-        self.trt = TrtSettings.from_options(options)
+        self.trt = TrtSettings.from_options(options) if self.runtime == "trtexec" else TrtSettings()
         self.profile = get_profile(options["device_profile"]) if options.get("device_profile") else None
-        if self.profile is not None:
+        if self.profile is not None and self.runtime == "trtexec":
             check_profile_options(self.profile, self.trt)
         self._info: DeviceInfo | None = None
+        self.ort = None
+        if self.runtime == "ort":
+            from targets.remote import OrtOnDevice
+
+            self.ort = OrtOnDevice(self.device, str(options.get("remote_python") or "python3"))
 
     # -- device
     def info(self, session=None) -> DeviceInfo:
         """Probe the device once per target (module, versions, power mode, clocks)."""
+        if self.runtime == "ort":
+            return self._ort_info()
         if self._info is None:
             if session is None:
                 with self.device.session() as s:
@@ -292,16 +333,44 @@ class JetsonTarget:
             self._info = info
         return self._info
 
-    def describe(self) -> str:
+    def _ort_info(self) -> DeviceInfo:
+        """runtime ort: the same probe, best effort (no trtexec needed, any Linux device will do)."""
+        if self._info is None:
+            with self.device.session() as s:
+                info = parse_probe(s.run_shell(PROBE_SCRIPT, 120, check=False).stdout)
+            if self.profile is None:
+                self.profile = detect_profile(info.model, info.mem_total_mb)
+            if self.profile is None:
+                log.warning("%s does not look like a Jetson (model %r): measuring with ONNX Runtime anyway",
+                            self.device.name, info.model)
+            for w in self._ort_warnings(info):
+                log.warning("%s: %s", self.device.name, w)
+            self._info = info
+        return self._info
+
+    def _ort_warnings(self, info: DeviceInfo) -> list[str]:
+        out = [w for w in info.warnings() if not w.startswith("tegrastats")]  # tegrastats is not used by ort
+        if self.profile is None:
+            out.append(f"the device does not look like a Jetson (model {info.model!r}); no device profile")
+        return out
+
+    def describe(self, threads: int | None = None) -> str:
         i = self._info or DeviceInfo()
         module = self.profile.module if self.profile else "Jetson"
         clocks = {True: "clocks locked", False: "clocks NOT locked", None: "clock state unknown"}[i.clocks_locked]
+        if self.runtime == "ort":
+            module = self.profile.module if self.profile else "device (not identified as a Jetson)"
+            assert self.ort is not None
+            return (f"jetson {module} ({self.device.name}), runtime ort: {self.ort.runtime(threads)}; "
+                    f"L4T {i.l4t or '?'}, power mode {i.power_mode or '?'}, {clocks}")
         return (f"jetson {module} ({self.device.name}): L4T {i.l4t or '?'} / JetPack {i.jetpack or '?'}, "
                 f"TensorRT {i.trt_version or '?'} trtexec, power mode {i.power_mode or '?'}, {clocks}")
 
     # -- build
     def build(self, onnx_path: Path, sample_shape: tuple[int, ...], out_dir: Path) -> Engine:
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+        if self.runtime == "ort":
+            return self._build_ort(onnx_path, tuple(sample_shape))
         facts = onnx_facts(onnx_path)
         t0 = time.perf_counter()
         with self.device.session() as s:
@@ -348,12 +417,41 @@ class JetsonTarget:
         write_atomic(Path(str(plan_path) + ".json"), json.dumps(meta, indent=2, default=str).encode())
         return Engine(self.name, onnx_path, plan_path, plan_path.stat().st_size, build_s, tuple(sample_shape), meta)
 
+    def _build_ort(self, onnx_path: Path, sample_shape: tuple[int, ...]) -> Engine:
+        """runtime ort: copy the ONNX and the worker, load it once on the device (fails early)."""
+        assert self.ort is not None
+        info = self._ort_info()
+        build_s, ort_info = self.ort.build(onnx_path, sample_shape)
+        meta = {"runtime": f"onnxruntime {ort_info['onnxruntime']} CPUExecutionProvider on {self.device.name}",
+                "jetson_runtime": "ort", "device": self.device.name,
+                "device_profile": self.profile.name if self.profile else None, "l4t": info.l4t,
+                "jetpack": info.jetpack, "power_mode": info.power_mode, "clocks_locked": info.clocks_locked,
+                "onnx": str(onnx_path), "precision": "fp32"}
+        return Engine(self.name, onnx_path, None, None, build_s, sample_shape, meta)
+
     def runner(self, engine: Engine) -> AbstractContextManager[OrtRunner]:
         """Accuracy through ONNX Runtime on the host (not through the engine; see docs/jetson.md)."""
         return OrtRunner(engine.onnx_path)
 
     # -- measure
+    def _measure_ort(self, engines: Sequence[Engine], settings: MeasureSettings, rounds: int) -> list[dict]:
+        assert self.ort is not None
+        info = self._ort_info()
+        records = self.ort.measure(engines, settings, rounds, self.describe)
+        for rec in records:
+            rec.update({
+                "runtime": "ort",
+                "latency_source": "ONNX Runtime CPU EP on the device: perf_counter around InferenceSession.run, "
+                                  "in a fresh worker process (targets/ort_worker.py)",
+                "device": dict(asdict(info)), "device_profile": self.profile.name if self.profile else None,
+                "precision": "fp32", "warnings": self._ort_warnings(info),
+                "notes": ["memory_mb: peak RSS growth of the worker process on the device (no tegrastats)"],
+            })
+        return records
+
     def measure(self, engines: Sequence[Engine], settings: MeasureSettings, rounds: int = 1) -> list[dict]:
+        if self.runtime == "ort":
+            return self._measure_ort(engines, settings, rounds)
         if settings.batch > self.trt.max_batch and any(e.meta.get("dynamic_batch") for e in engines):
             raise ConfigError(f"batch {settings.batch} is above the engine's max_batch {self.trt.max_batch}",
                               hint=f"set target option max_batch: {settings.batch} and rebuild")
@@ -441,6 +539,7 @@ class JetsonTarget:
             "rounds": rounds,
             "engine_bytes": engine.engine_bytes,
             "measured_on": self.describe(),
+            "runtime": "trtexec",
             "latency_source": "computeMs of trtexec --exportTimes (GPU compute, no H2D/D2H)",
             "device_memory_bytes": getattr(parsed, "device_memory_bytes", None),
             "tegrastats": tsum,

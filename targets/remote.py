@@ -1,6 +1,7 @@
 """Target ``cpu`` on another machine: ``--target cpu --device user@host[:port]``.
 
-The same measurement as :mod:`targets.cpu`, run on the device through :mod:`targets.ssh`:
+The same measurement as :mod:`targets.cpu`, run on the device through :mod:`targets.ssh`
+(:class:`OrtOnDevice`, shared with the ``jetson`` target's ``runtime: ort``):
 the ONNX files and ``targets/ort_worker.py`` (self-contained: numpy + onnxruntime) are copied
 to a per-call remote folder, the worker runs there under ``remote_python`` in a fresh process
 per measurement, and its JSON line comes back. Records have the same keys as
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from pipeline.errors import ConfigError, StageError
 from targets.base import Engine, MeasureSettings
 from targets.ort_runner import OrtRunner
-from targets.ssh import Address, SshSession, SshSettings
+from targets.ssh import Address, Device, SshSession, SshSettings
 from targets.stats import interleaved_records
 
 log = logging.getLogger("pipeline.remote")
@@ -74,6 +75,99 @@ def _last_json(stdout: str) -> dict | None:
         return None
 
 
+class OrtOnDevice:
+    """ONNX Runtime's CPU EP measured on a device through any session of :mod:`targets.ssh`.
+
+    The same worker, protocol and record as :mod:`targets.cpu`, run wherever ``device.session()``
+    runs commands: over SSH (``--device``) or on this machine (a Jetson measuring itself). The
+    remote ``cpu`` target and the ``jetson`` target's ``runtime: ort`` both use it; the transport
+    does not know which.
+
+    Args:
+        device: Where to run (:class:`targets.ssh.Device`).
+        python: The device's Python with numpy and onnxruntime.
+        optimization: Graph optimisation level recorded in the engine (the worker uses "all").
+    """
+
+    def __init__(self, device: Device, python: str = "python3", optimization: str = "all") -> None:
+        self.device = device
+        self.python = python
+        self.optimization = optimization
+        self.info: dict | None = None
+
+    def probe(self, s) -> dict:
+        """Python version, CPU, physical cores and the onnxruntime version on the device (once)."""
+        if self.info is None:
+            r = s.run([self.python, "-c", PROBE], 120, check=False)
+            info = _last_json(r.stdout)
+            if r.returncode == 127 or info is None:
+                raise StageError(f"cannot run {self.python} on {self.device.name} (exit {r.returncode}): "
+                                 f"{(r.stderr.strip().splitlines() or ['no output'])[-1]}",
+                                 hint="install Python 3 on the device or set target option remote_python")
+            if "error" in info:
+                raise StageError(f"onnxruntime is not importable by {self.python} on {self.device.name}: "
+                                 f"{info['error']}",
+                                 hint=f"on the device: {self.python} -m pip install onnxruntime numpy "
+                                      "(or set target option remote_python to a Python that has it)")
+            self.info = info
+        return self.info
+
+    def runtime(self, threads: int | None = None) -> str:
+        info = self.info or {}
+        t = threads or info.get("physical_cores", "?")
+        return (f"onnxruntime {info.get('onnxruntime', '?')} CPUExecutionProvider, {t} threads, "
+                f"{info.get('cpu') or info.get('machine', '?')}")
+
+    def spawn(self, s, args: dict) -> dict:
+        r = s.run([self.python, "ort_worker.py", json.dumps(args)],
+                  self.device.settings.command_timeout_s or WORKER_TIMEOUT_S, check=False)
+        out = _last_json(r.stdout)
+        if r.returncode != 0 or out is None:
+            tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise StageError(f"measurement process on {self.device.name} failed (exit {r.returncode}): {tail}",
+                             hint="see logs/pipeline.log; run the same model with --target cpu locally to compare")
+        if "error" in out:
+            raise StageError(f"measurement on {self.device.name} failed: {out['error']}",
+                             hint="check the model loads with the device's onnxruntime version")
+        return out
+
+    def build(self, onnx_path: Path, sample_shape: tuple[int, ...]) -> tuple[float, dict]:
+        """Copy the model to the device and load it there once (fails early on an unusable device)."""
+        t0 = time.perf_counter()
+        with self.device.session() as s:
+            info = self.probe(s)
+            s.put(WORKER, "ort_worker.py")
+            s.put(Path(onnx_path), "m0.onnx")
+            self.spawn(s, {"mode": "memory", "model": s.path("m0.onnx"), "threads": info["physical_cores"],
+                           "batch": 1, "sample_shape": list(sample_shape)})
+        return time.perf_counter() - t0, info
+
+    def measure(self, engines: Sequence[Engine], settings: MeasureSettings, rounds: int,
+                measured_on: Callable[[int], str]) -> list[dict]:
+        """Same protocol and record as :meth:`targets.cpu.CpuTarget.measure`, on the device.
+
+        ``measured_on(threads)`` names the device and runtime in the records.
+        """
+        names = [f"m{i}.onnx" for i in range(len(engines))]
+        with self.device.session() as s:
+            info = self.probe(s)
+            threads = settings.threads or int(info["physical_cores"])
+            s.put(WORKER, "ort_worker.py")
+            for e, n in zip(engines, names):
+                s.put(Path(e.onnx_path), n)
+            shape = list(engines[0].sample_shape)
+            lat = self.spawn(s, {
+                "mode": "latency", "models": [s.path(n) for n in names], "threads": threads,
+                "batch": settings.batch, "sample_shape": shape, "rounds": rounds, "warmup_s": settings.warmup_s,
+                "min_duration_s": settings.min_duration_s, "min_iters": settings.min_iters,
+            })
+            empty = float(self.spawn(s, {"mode": "memory"})["peak_rss_mb"])
+            peaks = [float(self.spawn(s, {"mode": "memory", "model": s.path(n), "threads": threads,
+                                          "batch": settings.batch, "sample_shape": shape})["peak_rss_mb"])
+                     for n in names]
+        return interleaved_records(engines, lat, peaks, empty, settings.batch, threads, rounds, measured_on(threads))
+
+
 class RemoteCpuTarget:
     """ONNX Runtime CPU EP on a device reached over SSH (see the module docstring)."""
 
@@ -84,59 +178,18 @@ class RemoteCpuTarget:
         self.settings = SshSettings.from_options(options)
         self.python = str(options.get("remote_python") or "python3")
         self.optimization = str(options.get("graph_optimization", "all"))
-        self._info: dict | None = None
+        self.ort = OrtOnDevice(Device(self.address, self.settings), self.python, self.optimization)
 
     def session(self) -> SshSession:
         return SshSession(self.address, self.settings)
 
-    def _probe(self, s: SshSession) -> dict:
-        if self._info is None:
-            r = s.run([self.python, "-c", PROBE], 120, check=False)
-            info = _last_json(r.stdout)
-            if r.returncode == 127 or info is None:
-                raise StageError(f"cannot run {self.python} on {self.address} (exit {r.returncode}): "
-                                 f"{(r.stderr.strip().splitlines() or ['no output'])[-1]}",
-                                 hint="install Python 3 on the device or set target option remote_python")
-            if "error" in info:
-                raise StageError(f"onnxruntime is not importable by {self.python} on {self.address}: {info['error']}",
-                                 hint=f"on the device: {self.python} -m pip install onnxruntime numpy "
-                                      "(or set target option remote_python to a Python that has it)")
-            self._info = info
-        return self._info
-
     def describe(self, threads: int | None = None) -> str:
-        info = self._info or {}
-        t = threads or info.get("physical_cores", "?")
-        return (f"cpu over ssh {self.address}: onnxruntime {info.get('onnxruntime', '?')} CPUExecutionProvider, "
-                f"{t} threads, {info.get('cpu') or info.get('machine', '?')}")
-
-    def _spawn(self, s: SshSession, args: dict) -> dict:
-        r = s.run([self.python, "ort_worker.py", json.dumps(args)], self.settings.command_timeout_s or WORKER_TIMEOUT_S,
-                  check=False)
-        out = _last_json(r.stdout)
-        if r.returncode != 0 or out is None:
-            tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
-            raise StageError(f"measurement process on {self.address} failed (exit {r.returncode}): {tail}",
-                             hint="see logs/pipeline.log; run the same model with --target cpu locally to compare")
-        if "error" in out:
-            raise StageError(f"measurement on {self.address} failed: {out['error']}",
-                             hint="check the model loads with the device's onnxruntime version")
-        return out
-
-    @staticmethod
-    def _remote_names(engines: Sequence[Engine]) -> list[str]:
-        return [f"m{i}.onnx" for i in range(len(engines))]
+        return f"cpu over ssh {self.address}: {self.ort.runtime(threads)}"
 
     def build(self, onnx_path: Path, sample_shape: tuple[int, ...], out_dir: Path) -> Engine:
         """Copy the model to the device and load it there once (fails early on an unusable device)."""
-        t0 = time.perf_counter()
-        with self.session() as s:
-            info = self._probe(s)
-            s.put(WORKER, "ort_worker.py")
-            s.put(Path(onnx_path), "m0.onnx")
-            self._spawn(s, {"mode": "memory", "model": s.path("m0.onnx"), "threads": info["physical_cores"],
-                            "batch": 1, "sample_shape": list(sample_shape)})
-        return Engine(self.name, Path(onnx_path), None, None, time.perf_counter() - t0, tuple(sample_shape),
+        build_s, info = self.ort.build(onnx_path, sample_shape)
+        return Engine(self.name, Path(onnx_path), None, None, build_s, tuple(sample_shape),
                       {"runtime": f"onnxruntime {info['onnxruntime']} on {self.address}",
                        "device": str(self.address), "graph_optimization": self.optimization})
 
@@ -146,25 +199,7 @@ class RemoteCpuTarget:
 
     def measure(self, engines: Sequence[Engine], settings: MeasureSettings, rounds: int = 1) -> list[dict]:
         """Same protocol and record as :meth:`targets.cpu.CpuTarget.measure`, on the device."""
-        names = self._remote_names(engines)
-        with self.session() as s:
-            info = self._probe(s)
-            threads = settings.threads or int(info["physical_cores"])
-            s.put(WORKER, "ort_worker.py")
-            for e, n in zip(engines, names):
-                s.put(Path(e.onnx_path), n)
-            shape = list(engines[0].sample_shape)
-            lat = self._spawn(s, {
-                "mode": "latency", "models": [s.path(n) for n in names], "threads": threads,
-                "batch": settings.batch, "sample_shape": shape, "rounds": rounds, "warmup_s": settings.warmup_s,
-                "min_duration_s": settings.min_duration_s, "min_iters": settings.min_iters,
-            })
-            empty = float(self._spawn(s, {"mode": "memory"})["peak_rss_mb"])
-            peaks = [float(self._spawn(s, {"mode": "memory", "model": s.path(n), "threads": threads,
-                                           "batch": settings.batch, "sample_shape": shape})["peak_rss_mb"])
-                     for n in names]
-        return interleaved_records(engines, lat, peaks, empty, settings.batch, threads, rounds,
-                                   self.describe(threads))
+        return self.ort.measure(engines, settings, rounds, self.describe)
 
 
 def make_remote_cpu(options: Mapping[str, Any]) -> RemoteCpuTarget:

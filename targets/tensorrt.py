@@ -28,7 +28,7 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -120,8 +120,10 @@ def precision_plan(trt_version: str, precision: str | None, facts: OnnxFacts | N
     if precision == "fp32":
         return PrecisionPlan(onnx_p, True, (), (f"the ONNX is already {onnx_p}; strongly typed TensorRT keeps it",))
     what = "FP16 tensors" if precision == "fp16" else "Q/DQ (QuantizeLinear/DequantizeLinear) nodes"
+    why = ("" if precision == "fp16" else
+           " (INT8 comes from Q/DQ nodes only; the entropy calibrator is implicit quantization, TensorRT <= 10)")
     raise ConfigError(f"TensorRT {trt_version} is strongly typed and this ONNX has no {what}: "
-                      f"precision {precision} cannot be set by a flag",
+                      f"precision {precision} cannot be set by a flag{why}",
                       hint="export an FP16 ONNX (e.g. ModelOpt AutoCast) or a Q/DQ INT8 ONNX (ModelOpt), "
                            "or use precision fp32")
 
@@ -262,32 +264,147 @@ def _trt_dtype_to_torch(trt, torch, dt):
     return table[dt]
 
 
-def _make_calibrator(trt, batches: Sequence[np.ndarray], cache_path: Path):
-    """An IInt8EntropyCalibrator2 fed from calibration batches (TRT <= 10 implicit INT8)."""
+# --------------------------------------------------------------------------- INT8 calibration (pure parts)
+
+
+def _as_sample(item: Any) -> np.ndarray:
+    """One calibration sample as float32: a Dataset's ``(x, label)`` pair gives ``x``."""
+    if isinstance(item, (tuple, list)):
+        item = item[0]
+    if hasattr(item, "detach"):  # a torch tensor (CPU), without importing torch here
+        item = item.detach().cpu().numpy()
+    return np.asarray(item, dtype=np.float32)
+
+
+def calibration_batches(samples: Iterable[Any], batch: int, count: int,
+                        sample_shape: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Up to ``count`` batches of exactly ``batch`` samples each (float32, C-contiguous).
+
+    ``samples`` yields single samples: arrays, CPU tensors, or ``(x, label)`` pairs as the
+    pipeline's calibration split (a Dataset) does; only as many as needed are read. A last,
+    partial batch is dropped: the calibrator's batch size is fixed (the profile's opt shape).
+    Raises ConfigError when not one full batch can be made, or a sample has the wrong shape.
+    """
+    if batch < 1 or count < 1:
+        raise ValueError(f"batch and count must be >= 1, got {batch}, {count}")
+    out: list[np.ndarray] = []
+    cur: list[np.ndarray] = []
+    for item in samples:
+        x = _as_sample(item)
+        if sample_shape is not None and tuple(x.shape) != tuple(sample_shape):
+            raise ConfigError(f"calibration sample has shape {tuple(x.shape)}, the model takes {tuple(sample_shape)}",
+                              hint="calibrate with the model's own data")
+        cur.append(x)
+        if len(cur) == batch:
+            out.append(np.ascontiguousarray(np.stack(cur)))
+            cur = []
+            if len(out) == count:
+                break
+    if not out:
+        raise ConfigError(f"INT8 calibration needs at least one full batch of {batch} samples, got {len(cur)}",
+                          hint="use a larger calibration split, or a smaller max_batch (the calibration batch)")
+    return out
+
+
+class CalibrationFeed:
+    """Hands out calibration batches one by one (what ``get_batch`` returns), then ``None``."""
+
+    def __init__(self, batches: Sequence[np.ndarray]) -> None:
+        if not batches:
+            raise ConfigError("no calibration batches", hint="pass the calibration split")
+        shapes = {tuple(b.shape) for b in batches}
+        if len(shapes) != 1:
+            raise ValueError(f"calibration batches differ in shape: {sorted(shapes)}")
+        self.batches = [np.ascontiguousarray(b, dtype=np.float32) for b in batches]
+        self.shape = shapes.pop()
+        self.fed = 0
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.shape[0])
+
+    def next(self) -> np.ndarray | None:
+        if self.fed >= len(self.batches):
+            return None
+        b = self.batches[self.fed]
+        self.fed += 1
+        return b
+
+    def reset(self) -> None:
+        self.fed = 0
+
+
+def calibration_digest(batches: Sequence[np.ndarray]) -> str:
+    """sha256 of the calibration data (shapes and bytes): a changed set must not reuse a cache."""
+    h = hashlib.sha256()
+    for b in batches:
+        h.update(repr((b.shape, str(b.dtype))).encode())
+        h.update(np.ascontiguousarray(b).tobytes())
+    return h.hexdigest()
+
+
+def calibration_cache_path(cache_dir: Path, onnx_sha256: str, trt_version: str, batches: Sequence[np.ndarray],
+                           algorithm: str = "entropy2") -> Path:
+    """The calibration cache file for one network, TensorRT version, calibrator and calibration set.
+
+    TensorRT leaves invalidation to the application ("if the network or calibration set changes,
+    it is the application's responsibility to invalidate the cache"): all of them are in the name.
+    """
+    shape = "x".join(str(d) for d in batches[0].shape) if batches else "none"
+    key = hashlib.sha256("|".join([onnx_sha256, trt_version, algorithm, shape, str(len(batches)),
+                                   calibration_digest(batches)]).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"calib-{algorithm}-trt{_slug(trt_version)}-{len(batches)}x{shape}-{key}.cache"
+
+
+@dataclass(frozen=True)
+class CalibrationCache:
+    """The calibrator's cache file: ``read`` gives its bytes (None when absent or empty), ``write`` is atomic."""
+
+    path: Path
+
+    def read(self) -> bytes | None:
+        try:
+            data = Path(self.path).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data or None
+
+    def write(self, data: bytes) -> None:
+        write_atomic(Path(self.path), bytes(data))
+
+    @property
+    def exists(self) -> bool:
+        return self.read() is not None
+
+
+def _make_calibrator(trt, feed: CalibrationFeed, cache: CalibrationCache):
+    """An IInt8EntropyCalibrator2 (TensorRT <= 10 implicit INT8) over ``feed``, caching to ``cache``."""
+    if not hasattr(trt, "IInt8EntropyCalibrator2"):
+        raise ConfigError(f"TensorRT {trt.__version__} has no IInt8EntropyCalibrator2 (implicit INT8 calibration "
+                          "was removed)", hint="export a Q/DQ INT8 ONNX (ModelOpt) and build it strongly typed")
     torch = _require_cuda_torch()
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
-            super().__init__()
-            self._batches = [np.ascontiguousarray(b, dtype=np.float32) for b in batches]
-            self._i = 0
-            self._dev = torch.empty(self._batches[0].shape, dtype=torch.float32, device="cuda")
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self._dev = torch.empty(feed.shape, dtype=torch.float32, device="cuda")
 
         def get_batch_size(self) -> int:
-            return int(self._batches[0].shape[0])
+            return feed.batch_size
 
-        def get_batch(self, names):  # TensorRT's signature
-            if self._i >= len(self._batches):
+        def get_batch(self, names):  # TensorRT's signature: device pointers, one per input, or None at the end
+            b = feed.next()
+            if b is None:
                 return None
-            self._dev.copy_(torch.from_numpy(self._batches[self._i]))
-            self._i += 1
+            self._dev.copy_(torch.from_numpy(b))
+            torch.cuda.synchronize()
             return [int(self._dev.data_ptr())]
 
         def read_calibration_cache(self):
-            return cache_path.read_bytes() if cache_path.is_file() else None
+            return cache.read()
 
-        def write_calibration_cache(self, cache) -> None:
-            write_atomic(cache_path, bytes(cache))
+        def write_calibration_cache(self, data) -> None:
+            cache.write(bytes(data))
 
     return _Calibrator()
 
@@ -300,8 +417,13 @@ def gpu_identity() -> tuple[str, str]:
 
 
 def build_plan(onnx_path: Path, plan_path: Path, sample_shape: Sequence[int], settings: TrtSettings,
-               calibration: Sequence[np.ndarray] | None = None, cache_dir: Path | None = None) -> dict:
-    """Build ``onnx_path`` into a plain plan at ``plan_path`` (+ sidecar JSON); returns the metadata."""
+               calibration: Iterable[Any] | None = None, cache_dir: Path | None = None) -> dict:
+    """Build ``onnx_path`` into a plain plan at ``plan_path`` (+ sidecar JSON); returns the metadata.
+
+    ``calibration`` (INT8 on TensorRT <= 10): single samples or ``(x, label)`` pairs, e.g. the
+    pipeline's calibration split; ``settings.calibration_batches`` batches at the profile's opt
+    batch are read from it. The calibration cache is keyed by network, TensorRT version and data.
+    """
     trt = require_tensorrt()
     version = trt.__version__
     facts = onnx_facts(onnx_path)
@@ -343,12 +465,27 @@ def build_plan(onnx_path: Path, plan_path: Path, sample_shape: Sequence[int], se
         config.add_optimization_profile(prof)
     for name in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    calib_meta, calibrator = None, None
     if "INT8" in plan.builder_flags:
-        if not calibration:
-            raise ConfigError("precision int8 needs calibration batches",
-                              hint="the pipeline passes its calibration split; from the API pass calibration=")
-        calib_cache = Path(plan_path).with_suffix(".calib")
-        config.int8_calibrator = _make_calibrator(trt, calibration[:settings.calibration_batches], calib_cache)
+        if calibration is None:
+            raise ConfigError("precision int8 needs calibration data (the entropy calibrator reads it)",
+                              hint="the pipeline hands its calibration split to the build; from the API pass "
+                                   "calibration=<samples>")
+        # TensorRT calibrates a dynamic-shape network at the calibration profile's opt shape
+        opt_batch = int(next(iter(shapes.values()))[1][0]) if shapes else (
+            int(facts.input_dims[0]) if facts.input_dims and isinstance(facts.input_dims[0], int)
+            and facts.input_dims[0] > 0 else 1)
+        batches = calibration_batches(calibration, opt_batch, settings.calibration_batches, tuple(sample_shape))
+        cache_base = Path(cache_dir or settings.timing_cache_dir or Path(plan_path).parent / "trt-cache")
+        calib_cache = CalibrationCache(calibration_cache_path(cache_base, sha256_file(Path(onnx_path)), version,
+                                                              batches))
+        reused = calib_cache.exists
+        calibrator = _make_calibrator(trt, CalibrationFeed(batches), calib_cache)  # a Python ref until built
+        config.int8_calibrator = calibrator
+        if shapes and hasattr(config, "set_calibration_profile"):
+            config.set_calibration_profile(prof)
+        calib_meta = {"algorithm": "IInt8EntropyCalibrator2", "batches": len(batches), "batch": opt_batch,
+                      "cache": str(calib_cache.path), "cache_reused": reused}
     if settings.sparsity:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     if settings.dla_core is not None:
@@ -367,6 +504,7 @@ def build_plan(onnx_path: Path, plan_path: Path, sample_shape: Sequence[int], se
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     build_s = time.perf_counter() - t0
+    calibrator = None  # TensorRT is done with it
     if serialized is None:
         raise StageError(f"TensorRT {version} failed to build {Path(onnx_path).name}",
                          hint="see the TensorRT messages in logs/pipeline.log; try a larger workspace_mb")
@@ -375,7 +513,7 @@ def build_plan(onnx_path: Path, plan_path: Path, sample_shape: Sequence[int], se
             "strongly_typed": plan.strongly_typed, "builder_flags": list(plan.builder_flags),
             "notes": list(plan.notes), "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
-            "timing_cache": str(cache_file), "timing_cache_key": key, "build_s": build_s,
+            "timing_cache": str(cache_file), "timing_cache_key": key, "build_s": build_s, "calibration": calib_meta,
             "onnx": str(onnx_path), "onnx_sha256": sha256_file(Path(onnx_path))}
     write_plan(bytes(serialized), Path(plan_path), meta)
     return meta
@@ -432,7 +570,16 @@ class TrtRunner:
         if not self._ctx.execute_async_v3(self._stream.cuda_stream):
             raise StageError("TensorRT execution failed", hint="see logs/pipeline.log")
 
-    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+    def batch_range(self) -> tuple[int, int, bool]:
+        """(smallest, largest batch, static?) the engine accepts on its first input (profile 0)."""
+        name = self.inputs[0]
+        first = int(self.engine.get_tensor_shape(name)[0])
+        if first > 0:
+            return first, first, True
+        lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+        return int(lo[0]), int(hi[0]), False
+
+    def _run_chunk(self, x: np.ndarray) -> list[np.ndarray]:
         torch = self._torch
         self._bind(x.shape)
         inp = self._buffers[self.inputs[0]]
@@ -441,6 +588,15 @@ class TrtRunner:
             self.execute()
         self._stream.synchronize()
         return [self._buffers[n].float().cpu().numpy() for n in self.outputs]
+
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """All outputs for a batch of any size: split into the engine's batch range (padded if static)."""
+        lo, hi, static = self.batch_range()
+        parts: list[list[np.ndarray]] = []
+        for a, b in split_batches(len(x), hi):
+            chunk, n = pad_batch(x[a:b], lo, hi if static else b - a)
+            parts.append([o[:n] for o in self._run_chunk(chunk)])
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(self.outputs))]
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.run_all(x)[0]
@@ -504,16 +660,22 @@ class TensorRTTarget:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.settings = TrtSettings.from_options(options)
-        self.calibration: Sequence[np.ndarray] | None = None  # set by the caller for int8
 
-    def describe(self) -> str:
+    @property
+    def build_inputs(self) -> frozenset[str]:
+        """What ``build`` takes beyond the ONNX: INT8 needs calibration samples."""
+        return frozenset({"calibration"}) if self.settings.precision == "int8" else frozenset()
+
+    def describe(self, threads: int | None = None) -> str:
         trt = require_tensorrt()
         gpu, cc = gpu_identity()
         return f"tensorrt {trt.__version__} on {gpu} (sm {cc})"
 
-    def build(self, onnx_path: Path, sample_shape: tuple[int, ...], out_dir: Path) -> Engine:
+    def build(self, onnx_path: Path, sample_shape: tuple[int, ...], out_dir: Path,
+              calibration: Iterable[Any] | None = None) -> Engine:
+        """Build a plan; ``calibration`` (samples, e.g. the calibration split) is read for INT8 only."""
         plan_path = Path(out_dir) / f"{Path(onnx_path).stem}.{self.settings.precision or 'default'}.plan"
-        meta = build_plan(Path(onnx_path), plan_path, sample_shape, self.settings, self.calibration)
+        meta = build_plan(Path(onnx_path), plan_path, sample_shape, self.settings, calibration)
         return Engine(self.name, Path(onnx_path), plan_path, plan_path.stat().st_size, meta["build_s"],
                       tuple(sample_shape), {"runtime": f"tensorrt {meta['tensorrt']}", **meta})
 
@@ -556,6 +718,23 @@ class TensorRTTarget:
                 "measured_on": self.describe(),
             })
         return out
+
+
+def split_batches(n: int, max_batch: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` covering ``n`` samples in chunks of at most ``max_batch``."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    return [(a, min(a + max_batch, n)) for a in range(0, n, max_batch)]
+
+
+def pad_batch(x: np.ndarray, min_batch: int, size: int) -> tuple[np.ndarray, int]:
+    """``x`` zero-padded to ``max(len(x), min_batch, size)`` rows for a static-batch engine; returns (x, real rows)."""
+    n = len(x)
+    want = max(n, min_batch, size)
+    if want == n:
+        return x, n
+    pad = np.zeros((want - n, *x.shape[1:]), dtype=x.dtype)
+    return np.concatenate([x, pad]), n
 
 
 def iter_batches(x: np.ndarray, batch: int) -> Iterator[np.ndarray]:

@@ -72,12 +72,13 @@ def test_unsupported_option_rejected_up_front():
 def test_unavailable_targets_say_why():
     for name in ("cuda", "tensorrt", "jetson"):
         why = TARGETS.get(name).unavailable_reason()
-        assert why  # not implemented in this release, or missing hardware
+        if why is None:
+            continue  # the hardware is here: its own marked tests run
         with pytest.raises(ConfigError, match="not available here"):
             get_target(name)
 
 
-TESTED_TARGETS = {"cpu": test_cpu_measure_record, "cuda": test_unavailable_targets_say_why,
+TESTED_TARGETS = {"cpu": test_cpu_measure_record, "cuda": test_unavailable_targets_say_why,  # + test_cuda.py
                   "tensorrt": test_unavailable_targets_say_why, "jetson": test_unavailable_targets_say_why}
 
 

@@ -39,4 +39,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/speedup_realization.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache bench/results
+	rm -rf $(VENV) runs .pytest_cache

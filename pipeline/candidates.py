@@ -23,7 +23,7 @@ from stages.prune.apply import Pruner
 from stages.prune.plan import macs_params, make_plan, uniform_ratios
 from stages.prune.tp_adapter import GroupInfo
 from stages.recover import DistillSettings, distill
-from targets.base import MeasureSettings, Target
+from targets.base import MeasureSettings, Target, build_engine
 
 
 class CandidateEvaluator:
@@ -46,13 +46,17 @@ class CandidateEvaluator:
         self.distill_settings = distill
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.baseline_engine = target.build(Path(baseline_onnx), sample_shape, self.workdir)
+        self.baseline_engine = self._build(Path(baseline_onnx), model)
         self.baseline_latency_ms, self.rounds = baseline_latency_ms, rounds
         self.evaluations = 0  # full-model measurements actually made
         self._cache: dict[tuple, Candidate] = {}
         self._full_key = tuple(sorted((g.id, g.width) for g in groups))
         self._oneshot: dict[tuple, float] = {}
         self.allocation, self.max_ratio = allocation, max_ratio  # SBPF: per-group share of a global ratio
+
+    def _build(self, onnx_path: Path, module: nn.Module):
+        return build_engine(self.target, onnx_path, self.sample_shape, self.workdir, module=module,
+                            calibration=self.data.calib)
 
     def plan_for(self, keep_ratios: Mapping[str, float], meta: Mapping[str, object]):
         return make_plan(self.groups, self.scores, keep_ratios, self.round_to, self.ignore,
@@ -94,7 +98,7 @@ class CandidateEvaluator:
         pruned = self.pruner.build(plan) if removed > 0 else copy.deepcopy(self.model)
         onnx_path = self.workdir / f"candidate-{len(self._cache):02d}.onnx"
         export_onnx(pruned, self.sample_shape, onnx_path, self.export_settings)
-        engine = self.target.build(onnx_path, self.sample_shape, self.workdir)
+        engine = self._build(onnx_path, pruned)
         timing = self.target.measure([self.baseline_engine, engine], self.measure_settings, rounds=self.rounds)[1]
         # latency relative to the baseline measured in the same process, scaled to the baseline
         # stage's reference: drift of the machine's speed cancels out of the comparison
@@ -112,7 +116,7 @@ class CandidateEvaluator:
         path = self.workdir / "confirm.onnx"
         export_onnx(cand.payload["model"], self.sample_shape, path, self.export_settings)
         try:
-            engine = self.target.build(path, self.sample_shape, self.workdir)
+            engine = self._build(path, cand.payload["model"])
             timing = self.target.measure([self.baseline_engine, engine], self.measure_settings,
                                          rounds=2 * self.rounds)[1]
         finally:
@@ -146,7 +150,7 @@ class CandidateEvaluator:
             pruned = self.pruner.build(plan)
             path = self.workdir / f"lut-{i:03d}.onnx"
             export_onnx(pruned, self.sample_shape, path, self.export_settings)
-            engines.append(self.target.build(path, self.sample_shape, self.workdir))
+            engines.append(self._build(path, pruned))
             paths.append(path)
         try:
             records = self.target.measure([self.baseline_engine, *engines], self.measure_settings, rounds=self.rounds)

@@ -76,6 +76,8 @@ def run(
     seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
     trust_checkpoint: Annotated[bool, typer.Option(help="allow loading pickled modules from file: checkpoints")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the final tables")] = False,
+    uniform: Annotated[bool, typer.Option(
+        "--uniform", help="one kept width per family (all blocks of a stage) in greedy / optuna (tune.uniform)")] = False,
 ) -> None:
     """Prune, recover, export, build and measure; exit 0 if the constraints hold, 1 if not."""
     from pipeline.config import config_to_yaml, resolve_config
@@ -90,6 +92,7 @@ def run(
         "constraints": {"latency_ms": latency_ms, "speedup": speedup, "memory_mb": memory_mb,
                         "max_accuracy_drop": max_accuracy_drop},
         "recovery": {"steps": recovery_steps}, "measure": {"threads": threads},
+        "tune": {"uniform": True if uniform else None},
     }
     if resume and out is None:
         raise ConfigError("--resume needs --out RUN_DIR", hint="pass the folder of the run to continue")

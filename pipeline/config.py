@@ -77,6 +77,12 @@ class RecoveryConfig(_Frozen):
     # gradient-flow soft pruning: over this many steps the pruned channels' masks decay to 0 while
     # the model trains, before the hard removal; 0 = hard prune first (the default)
     soft_steps: int = Field(0, ge=0)
+    # [RECON] the soft phase (stages/soft_masks.py): removed masks move by m <- clip(m - eta * dE/dm, 0, 1 - k/K),
+    # E = KD loss + beta * sum(S~ * m), S~ the gradient-flow saliency over its mean |S|; S recomputed every
+    # soft_rescore steps (0 = once, at the start)
+    soft_beta: float = Field(0.01, ge=0)
+    soft_eta: float = Field(1.0, gt=0)
+    soft_rescore: int = Field(0, ge=0)
 
 
 class ExportConfig(_Frozen):
@@ -150,6 +156,12 @@ class RunConfig(_Frozen):
             raise ValueError("objective 'memory' needs constraints.memory_mb")
         if self.objective == "accuracy" and c.max_accuracy_drop is None:
             raise ValueError("objective 'accuracy' needs constraints.max_accuracy_drop")
+        r = self.recovery
+        if r.soft_steps and r.soft_steps > r.steps:
+            raise ValueError(f"recovery.soft_steps ({r.soft_steps}) exceeds recovery.steps ({r.steps}): "
+                             "the soft steps are part of recovery.steps")
+        if r.soft_steps and self.prune.sparsity:
+            raise ValueError("recovery.soft_steps is not combined with prune.sparsity yet: drop one of them")
         return self
 
 

@@ -48,6 +48,23 @@ class Console:
 
             yield tick
 
+    @contextmanager
+    def search_progress(self, what: str) -> Iterator[Callable[[int, int, str], None]]:
+        """A bar for a search or a LUT build: ``tick(done, total, text)``, where ``text`` is the current best.
+
+        The searches take it as their ``progress=`` callback and never print themselves; their
+        ``log=`` lines still go through :meth:`note`, above the bar.
+        """
+        with Progress(TextColumn(f"   {what}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
+                      TimeElapsedColumn(), console=self.out, transient=True, disable=self.quiet) as p:
+            task = p.add_task(what, total=None, best="")
+
+            def tick(done: int, total: int, text: str) -> None:
+                p.update(task, completed=min(done, total), total=total, best=text)
+                log.debug("%s %d/%d %s", what, done, total, text)
+
+            yield tick
+
     def summary(self, report: dict, records: list) -> None:
         st = Table(title="Stages", show_edge=False)
         st.add_column("stage")

@@ -1,13 +1,26 @@
 """The ``greedy`` search: per-group widths, NetAdapt's schedule priced by a measured LUT, AAP's rollback.
 
 Each iteration sets a latency target that is a step below the current predicted latency; the
-step shrinks on a decaying schedule (NetAdapt: ``ΔR_i = ΔR_0 · decay^i``). Every group proposes
-the *smallest cut* (largest width on its grid) that alone brings the LUT-predicted latency to
-that target; each proposal is pruned one-shot (+ BN re-estimation) and scored on the calibration
-split, and the most accurate proposal is taken. The taken step is **measured in full** on the
-target, given a short recovery, and checked against the accuracy floor: a step that breaks the
-floor is rolled back and the step size halved (AAP). The search stops when a full measurement
-meets the budget (with ``latency_margin`` to spare), and at its candidate and time caps.
+step shrinks on a decaying schedule (NetAdapt: ``ΔR_i = ΔR_0 · decay^i``). Every *unit* (a
+group, or with ``uniform`` a family of groups that keep one width) proposes the *smallest cut*
+among its candidate widths that alone brings the LUT-predicted latency to that target; each
+proposal is pruned one-shot (+ BN re-estimation) and scored on the calibration split, and the
+most accurate proposal is taken. The taken step is **measured in full** on the target (and, when
+it looks within budget, measured again with more rounds before it counts), the measurement
+refits the LUT's calibration (:meth:`pipeline.lut.LatencyLUT.observe`), the step
+gets a short recovery and is checked against the accuracy floor: a step that breaks the floor
+is rolled back and the step size halved (AAP). The search stops when a full measurement meets
+the budget (with ``latency_margin`` to spare), and at its candidate and time caps.
+
+Candidate widths of a unit:
+
+- fixed rounding (``prune.round_to: N``): multiples of ``N`` (``2 · lut_points`` of them);
+- ``staircase`` (``prune.round_to: null``): the widest width of every step of the *measured*
+  latency staircase (:func:`pipeline.lut.staircase_bottoms`), so no cut lands inside a step
+  where it would cost accuracy and save no time;
+- ``uniform`` (MaskPrune): one keep ratio per family, every member of a family with the same
+  original width keeping the same number of channels (:func:`pipeline.families.uniform_widths`);
+  with the staircase, the family's predicted cost curve gives the steps.
 
 Only the ``latency`` objective is searched this way; the LUT prices latency, not memory.
 """
@@ -20,7 +33,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pipeline.errors import ConfigError
-from pipeline.lut import LatencyLUT, width_grid
+from pipeline.families import families as family_map
+from pipeline.families import uniform_widths
+from pipeline.lut import LatencyLUT, Progress, staircase_bottoms, width_grid
 from pipeline.tuner import Budgets, Candidate, SearchLimits, TuneResult, _Budgeted, run_search
 from stages.prune.tp_adapter import GroupInfo
 
@@ -31,6 +46,18 @@ class GreedySettings:
     decay: float = 0.96  # NetAdapt's -rd
     lut_points: int = 6  # widths per group in the LUT grid
     min_reduction: float = 0.005  # stop when the step falls below this fraction of the baseline
+    uniform: bool = False  # one kept width per family (MaskPrune)
+    families: str = "stage"  # the family mode for ``uniform`` (pipeline.families)
+    staircase: bool = False  # candidate widths at the bottoms of the measured staircase, not multiples of round_to
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one proposal cuts: a group, or a family of groups (uniform); ``steps`` from the least cut."""
+
+    name: str
+    members: tuple[str, ...]
+    steps: tuple[dict[str, int], ...]
 
 
 class GreedyEvaluator(Protocol):
@@ -45,29 +72,91 @@ class GreedyEvaluator(Protocol):
 
 def search_greedy(ev: GreedyEvaluator, lut: LatencyLUT, objective: str, budgets: Budgets, limits: SearchLimits,
                   settings: GreedySettings, round_to: int | None, log: Callable[[str], None] = lambda s: None,
-                  clock: Callable[[], float] = time.monotonic) -> TuneResult:
-    """Run the greedy search; see the module docstring."""
+                  clock: Callable[[], float] = time.monotonic, *, progress: Progress | None = None) -> TuneResult:
+    """Run the greedy search; see the module docstring.
+
+    Args:
+        progress: Called after every full measurement with (measurements, cap, current best).
+    """
     if objective != "latency" or budgets.latency_ms is None:
         raise ConfigError("search 'greedy' needs objective 'latency' with a latency or speedup budget",
                           hint="use --search global for the memory and accuracy objectives")
+    if settings.uniform and settings.families == "group":
+        raise ConfigError("--uniform needs families of several groups, not tune.families 'group'",
+                          hint="set tune.families to stage or block, or drop --uniform")
+    units = make_units(ev.groups, lut, settings, round_to)
 
     def body(b: _Budgeted) -> tuple[Candidate | None, str]:
-        return _greedy(b, ev, lut, budgets, limits, settings, round_to)
+        return _greedy(b, ev, lut, units, budgets, limits, settings)
 
-    return run_search(ev, budgets, limits, body, log, clock)  # type: ignore[arg-type]
+    return run_search(ev, budgets, limits, body, log, clock, progress=progress)  # type: ignore[arg-type]
 
 
 def _keep(widths: Mapping[str, int], full: Mapping[str, int]) -> dict[str, float]:
     return {g: w / full[g] for g, w in widths.items()}
 
 
-def _greedy(b: _Budgeted, ev: GreedyEvaluator, lut: LatencyLUT, budgets: Budgets, limits: SearchLimits,
-            s: GreedySettings, round_to: int | None) -> tuple[Candidate | None, str]:
+def make_units(groups: list[GroupInfo], lut: LatencyLUT, s: GreedySettings, round_to: int | None) -> list[Unit]:
+    """The units the search cuts and each one's candidate widths (see the module docstring)."""
+    full = {g.id: g.width for g in groups}
+    rnd = None if s.staircase else round_to
+
+    def grid(g: GroupInfo) -> list[int]:
+        if s.staircase:
+            return sorted(lut.table.get(g.id, {}))  # the dense grid the LUT measured
+        return width_grid(g.width, round_to, 2 * s.lut_points)
+
+    units: list[Unit] = []
+    if not s.uniform:
+        for g in groups:
+            ws = lut.bottoms(g.id, g.width) if s.staircase else grid(g)
+            units.append(Unit(g.id, (g.id,), tuple({g.id: w} for w in sorted(ws, reverse=True))))
+        return units
+    fams = family_map(groups, s.families)
+    by_id = {g.id: g for g in groups}
+    for name, gids in fams.items():
+        rep = max((by_id[i] for i in gids), key=lambda g: g.width)  # first widest member sets the ratios
+        steps: list[dict[str, int]] = []
+        for w in sorted(grid(rep), reverse=True):
+            a = uniform_widths([by_id[i] for i in gids], {name: gids}, {name: w / rep.width}, rnd)
+            if a not in steps and any(a[i] < full[i] for i in gids):
+                steps.append(a)
+        if s.staircase and steps:
+            cost = {a[rep.id]: lut.predict_raw(a, full) / lut.base_ms for a in steps}
+            cost[rep.width] = 1.0
+            keep = set(staircase_bottoms(cost, lut.tolerance(gids)))
+            steps = [a for a in steps if a[rep.id] in keep]
+        units.append(Unit(name, tuple(gids), tuple(steps)))
+    return units
+
+
+def _narrower(a: Mapping[str, int], widths: Mapping[str, int]) -> bool:
+    return all(w <= widths[g] for g, w in a.items()) and any(w < widths[g] for g, w in a.items())
+
+
+def _greedy(b: _Budgeted, ev: GreedyEvaluator, lut: LatencyLUT, units: list[Unit], budgets: Budgets,
+            limits: SearchLimits, s: GreedySettings) -> tuple[Candidate | None, str]:
     full = {g.id: g.width for g in ev.groups}
-    grids = {g.id: width_grid(g.width, round_to, max(s.lut_points, 2 * s.lut_points)) for g in ev.groups}
+    if s.staircase:
+        for u in units:
+            b.log(f"staircase {u.name}: widths " + ", ".join(
+                "/".join(str(a[g]) for g in u.members) for a in reversed(u.steps)) if u.steps else
+                f"staircase {u.name}: no step below the full width")
     target = budgets.latency_ms * (1 - limits.latency_margin)
     widths = dict(full)
-    current = b.measure_policy(_keep(widths, full), {"kind": "greedy", "iteration": 0}, "greedy start")
+    observed: set[tuple] = set()
+
+    def measure(w: dict[str, int], policy: dict, label: str) -> Candidate:
+        c = b.measure_policy(_keep(w, full), policy, label)
+        if c.latency_ms <= target:  # a lucky measurement must not end the search: re-measured before it counts
+            b.confirm(c)
+        if c.key not in observed:  # a repeat of an earlier architecture is no new information
+            observed.add(c.key)
+            lut.observe(w, full, c.latency_ms)
+        return c
+
+    base_policy = {"kind": "greedy", "uniform": s.uniform, "staircase": s.staircase}
+    current = measure(widths, {**base_policy, "iteration": 0}, "greedy start")
     b.recover(current)
     accepted = [current]
     step = s.initial_reduction * lut.base_ms
@@ -86,22 +175,23 @@ def _greedy(b: _Budgeted, ev: GreedyEvaluator, lut: LatencyLUT, budgets: Budgets
         now = lut.predict(widths, full)
         goal = max(target, now - step)
         proposals = []
-        for gid, grid in grids.items():
-            smaller = [w for w in sorted(grid, reverse=True) if w < widths[gid]]
-            pick = next((w for w in smaller if lut.predict({**widths, gid: w}, full) <= goal), None)
+        for u in units:
+            pick = next((a for a in u.steps if _narrower(a, widths) and lut.predict({**widths, **a}, full) <= goal),
+                        None)
             if pick is None:
                 continue
-            acc = ev.oneshot_accuracy(_keep({**widths, gid: pick}, full))
-            proposals.append((acc, -full[gid], gid, pick))
-        if not proposals:  # no single group reaches the goal: ask for less this iteration
+            acc = ev.oneshot_accuracy(_keep({**widths, **pick}, full))
+            proposals.append((acc, -sum(full[g] for g in u.members), u.name, pick))
+        if not proposals:  # no unit reaches the goal alone: ask for less this iteration
             step /= 2
-            b.log(f"iteration {it}: no group reaches {goal:.3f} ms alone; step -> {step:.3f} ms")
+            b.log(f"iteration {it}: no {'family' if s.uniform else 'group'} reaches {goal:.3f} ms alone; "
+                  f"step -> {step:.3f} ms")
             continue
-        acc, _, gid, w = max(proposals)
-        trial = {**widths, gid: w}
-        cand = b.measure_policy(_keep(trial, full), {"kind": "greedy", "iteration": it, "cut": {gid: w}},
-                                f"iteration {it}: {gid} {widths[gid]}->{w}")
-        lut.record(lut.predict(trial, full), cand.latency_ms)
+        acc, _, name, pick = max(proposals, key=lambda p: (p[0], p[1], p[2]))
+        trial = {**widths, **pick}
+        cut = "/".join(f"{widths[g]}->{w}" for g, w in pick.items() if w != widths[g])
+        cand = measure(trial, {**base_policy, "iteration": it, "cut": {name: pick}},
+                       f"iteration {it}: {name} {cut} (predicted {lut.predict(trial, full):.3f} ms)")
         rec = b.recover(cand)
         if budgets.accuracy_met(rec):
             widths, current = trial, cand

@@ -1,4 +1,12 @@
-"""``report.json`` (the contract), ``report.md`` and ``pareto.png``; the constraint verdict."""
+"""``report.json`` (the contract), ``report.md`` and its plots; the constraint verdict.
+
+Plots (matplotlib, Agg, written next to ``report.md``):
+
+- ``pareto.png``: accuracy vs measured latency of every candidate, the baseline and the chosen point;
+- ``keep_ratios.png``: the chosen keep ratio of every prunable group, one bar per group;
+- ``lut_calibration.png`` (only when the search used a latency LUT): the LUT's leave-one-out
+  prediction vs the measured full-model latency, with the y = x line and the error in the title.
+"""
 
 from __future__ import annotations
 
@@ -56,10 +64,16 @@ def build_report(state: Any) -> dict:
         "final": final,
         "speedup": speedup,
         "accuracy_drop": (base["accuracy"] - final["accuracy"]) if base.get("accuracy") is not None else None,
-        "policy": {"file": "policy.json", "groups": {g.id: {"width": g.width, "kept": len(g.keep)}
+        "policy": {"file": "policy.json", "groups": {g.id: {"width": g.width, "kept": len(g.keep),
+                                                             "keep_ratio": round(len(g.keep) / g.width, 4)}
                                                       for g in state.plan.groups}},
         "candidates": tune.get("candidates", []),
-        "tune": {"stop_reason": tune.get("stop_reason"), "budgets": tune.get("budgets")},
+        "tune": {"stop_reason": tune.get("stop_reason"), "budgets": tune.get("budgets"),
+                 "evaluations": tune.get("evaluations"),  # full-model measurements the search made
+                 "uniform": tune.get("uniform"),
+                 "lut_calibration": tune.get("lut_calibration")},
+        "plots": {"pareto": "pareto.png", "keep_ratios": "keep_ratios.png",
+                  "lut_calibration": "lut_calibration.png" if _lut_points(tune.get("lut_calibration")) else None},
         "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3)} for r in state.records],
         "versions": versions(),
         "sparsity": sparsity_section(state),
@@ -84,11 +98,104 @@ def sparsity_section(state: Any) -> dict | None:
             "nm_ok": all(v.get("nm_ok", True) for v in rep["layers"].values()), "note": rep["speedup_note"]}
 
 
+def _lut_points(cal: dict | None) -> list[dict]:
+    return [p for p in (cal or {}).get("points") or [] if p.get("measured_ms") and p.get("predicted_ms")]
+
+
 def write_report(run_dir: Path, report: dict) -> None:
     report = {**report, "stages": report["stages"] + [{"name": "report", "status": "ok", "seconds": 0.0}]}
+    report.setdefault("plots", {"pareto": "pareto.png", "keep_ratios": "keep_ratios.png", "lut_calibration": None})
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_bytes(run_dir / "pareto.png", pareto_png(report))
+    atomic_write_bytes(run_dir / "keep_ratios.png", keep_ratios_png(report))
+    if report["plots"].get("lut_calibration"):
+        atomic_write_bytes(run_dir / "lut_calibration.png", lut_calibration_png(report))
+    else:  # a rerun without a LUT must not leave an old plot that the report no longer describes
+        (run_dir / "lut_calibration.png").unlink(missing_ok=True)
     atomic_write_text(run_dir / "report.md", markdown(report))
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=110)
+
+
+def _png(fig) -> bytes:
+    import io
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def keep_ratios_png(report: dict) -> bytes:
+    """The chosen keep ratio (kept / original channels) of every prunable group, one bar per group."""
+    from pipeline.families import natural_key
+
+    groups = report["policy"]["groups"]
+    ids = sorted(groups, key=natural_key)
+    fig = _figure(max(6.4, 0.32 * len(ids) + 2.0), 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    ratios = [groups[g]["kept"] / groups[g]["width"] for g in ids]
+    bars = ax.bar(range(len(ids)), ratios, color="#6b7fa8")
+    for b, g in zip(bars, ids):
+        ax.annotate(f"{groups[g]['kept']}/{groups[g]['width']}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=6, rotation=90, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(ids)))
+    ax.set_xticklabels(ids, rotation=90, fontsize=7)
+    ax.set_ylim(0, 1.18)
+    ax.set_ylabel("keep ratio (kept / original channels)")
+    uniform = " (uniform per family)" if (report.get("tune") or {}).get("uniform") else ""
+    ax.set_title(f"{report['model']}: kept channels per group, search {report.get('search')}{uniform}", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def lut_caption(cal: dict) -> str:
+    """One line on how well the LUT predicted the full measurements (the honest, leave-one-out error first)."""
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    raw, add = cal.get("raw") or {}, cal.get("additive_raw") or {}
+    return (f"LUT ({cal.get('model')}) vs {cal.get('n')} full-model measurements: leave-one-out error mean "
+            f"{pct(cal.get('mean_abs_rel_err'))}, max {pct(cal.get('max_abs_rel_err'))} (calibrated a + b·prediction, "
+            f"each point predicted by a fit on the others); uncalibrated mean {pct(raw.get('mean_abs_rel_err'))}; "
+            f"additive model uncalibrated mean {pct(add.get('mean_abs_rel_err'))}")
+
+
+def lut_calibration_png(report: dict) -> bytes:
+    """LUT-predicted vs measured full-model latency, with the y = x line; the error in the title."""
+    cal = report["tune"]["lut_calibration"]
+    pts = _lut_points(cal)
+    fig = _figure(5.6, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    meas = [p["measured_ms"] for p in pts]
+    loo = [p["predicted_ms"] for p in pts]
+    raw = [p.get("raw_ms") for p in pts]
+    if all(r is not None for r in raw):
+        ax.scatter(meas, raw, s=26, facecolors="none", edgecolors="#999999", label="uncalibrated prediction")
+    ax.scatter(meas, loo, s=30, c="#d62728", label="calibrated, leave-one-out")
+    vals = [v for v in (*meas, *loo, *(r for r in raw if r is not None))]
+    lo, hi = min(vals), max(vals)
+    pad = 0.05 * (hi - lo or hi or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", c="#444444", lw=1, label="y = x")
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel(f"measured full-model latency, ms ({report['target']})")
+    ax.set_ylabel("LUT-predicted latency, ms")
+    loo_err = cal.get("mean_abs_rel_err")
+    raw_err = (cal.get("raw") or {}).get("mean_abs_rel_err")
+    ax.set_title(f"LUT calibration ({cal.get('model')}, {cal.get('n')} points): leave-one-out mean error "
+                 f"{'n/a' if loo_err is None else f'{100 * loo_err:.1f}%'}, uncalibrated "
+                 f"{'n/a' if raw_err is None else f'{100 * raw_err:.1f}%'}", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _png(fig)
 
 
 def pareto_png(report: dict) -> bytes:
@@ -201,7 +308,14 @@ def markdown(r: dict) -> str:
             spd = f"{cd['speedup']:.2f}x" if cd.get("speedup") else "-"
             lines.append(f"| {cd['prune_ratio']:.3f} | {spd} | {cd['latency_ms']:.3f} | {cd['memory_mb']:.1f} | "
                          f"{cd['macs'] / 1e6:.1f} | {one} | {rec} | {'**yes**' if cd.get('accepted') else ''} |")
-    lines += ["", "## Kept width per group", "", "| group | width | kept |", "|---|---|---|"]
+    cal = (r.get("tune") or {}).get("lut_calibration")
+    if (r.get("plots") or {}).get("lut_calibration") and cal:
+        lines += ["", "### Latency LUT", "", "![LUT-predicted vs measured latency](lut_calibration.png)", "",
+                  f"*{lut_caption(cal)}.*"]
+    lines += ["", "## Kept width per group", ""]
+    if (r.get("tune") or {}).get("uniform"):
+        lines += ["Uniform widths (`--uniform`): every member of a family keeps the same number of channels.", ""]
+    lines += ["![keep ratio per group](keep_ratios.png)", "", "| group | width | kept |", "|---|---|---|"]
     lines += [f"| `{g}` | {v['width']} | {v['kept']} |" for g, v in r["policy"]["groups"].items()]
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.2f} |" for s in r["stages"]]

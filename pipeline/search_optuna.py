@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, StageError, did_you_mean
-from pipeline.families import expand
+from pipeline.families import expand, uniform_keep_ratios
 from pipeline.tuner import Budgets, Candidate, SearchLimits, TuneResult
 
 SEARCH_KEY = "edge_pipeline.search"  # study user attr: the search definition (any evaluator needs it)
@@ -143,6 +143,7 @@ class SearchSpec:
     sampler: str
     max_trials: int
     latency_margin: float
+    uniform: bool = False  # MaskPrune: every member of a family keeps the same width (uniform_keep_ratios)
 
     @property
     def proxy(self) -> str:
@@ -152,7 +153,7 @@ class SearchSpec:
     def to_json(self) -> dict:
         return {"format": FORMAT, "objective": self.objective, "budgets": vars(self.budgets),
                 "space": self.space.to_json(), "sampler": self.sampler, "max_trials": self.max_trials,
-                "latency_margin": self.latency_margin}
+                "latency_margin": self.latency_margin, "uniform": self.uniform}
 
     @classmethod
     def from_json(cls, d: Mapping) -> SearchSpec:
@@ -160,7 +161,34 @@ class SearchSpec:
             raise ConfigError("this Optuna study was not created by `pipeline run --search optuna`",
                               hint="give the --study name printed by the run that created it")
         return cls(d["objective"], Budgets(**d["budgets"]), Space.from_json(d["space"]), d["sampler"],
-                   int(d["max_trials"]), float(d["latency_margin"]))
+                   int(d["max_trials"]), float(d["latency_margin"]), bool(d.get("uniform", False)))
+
+    def keep_ratios(self, ev, family_ratios: Mapping[str, float]) -> dict[str, float]:
+        """Per-group keep ratios of a trial: one ratio per family, or with ``uniform`` the ratios whose plans keep
+        one width per family and original width (the evaluator's ``groups`` and ``round_to``)."""
+        if self.uniform:
+            return uniform_keep_ratios(ev.groups, self.space.families, family_ratios, getattr(ev, "round_to", None))
+        return expand(self.space.families, family_ratios)
+
+    def policy(self, family_ratios: Mapping[str, float]) -> dict:
+        return {"kind": "optuna", "families": dict(family_ratios), **({"uniform": True} if self.uniform else {})}
+
+
+def best_text(study, spec: SearchSpec) -> str:
+    """The study's current best trial in a few words (progress bars): the most accurate feasible one, else
+    the cheapest."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if not done:
+        return "-"
+    unit = "MB" if spec.objective == "memory" else "ms"
+    ok = [t for t in done if all(v <= 0 for v in t.constraints.values())]
+    if ok:
+        t = max(ok, key=lambda t: (t.values[1], -t.values[0]))
+        return f"best trial {t.number}: {t.values[0]:.3f} {unit}, acc {t.values[1]:.2f}"
+    t = min(done, key=lambda t: t.values[0])
+    return f"closest trial {t.number}: {t.values[0]:.3f} {unit} (over budget)"
 
 
 def _cost(c: Candidate, objective: str) -> float:
@@ -339,12 +367,14 @@ def _worker_name() -> str:
 
 def evaluate_trials(study, ev, spec: SearchSpec, *, n_trials: int | None = None, timeout_s: float | None = None,
                     log: Log = lambda s: None, clock: Callable[[], float] = time.monotonic,
-                    worker: str | None = None) -> tuple[int, str]:
+                    worker: str | None = None,
+                    progress: Callable[[int, int, str], None] | None = None) -> tuple[int, str]:
     """Ask, evaluate and tell trials until a cap; shared by the run and by ``pipeline worker``.
 
     Stops at ``n_trials`` trials of this process, after ``timeout_s`` seconds, when the study
     holds ``spec.max_trials`` trials (every state counts; queued ones are always run), or when
-    the run has closed the study.
+    the run has closed the study. ``progress`` is called after every trial with (finished trials
+    in the study, every process's, the cap, the current best in words).
 
     Returns:
         (trials evaluated by this process, why it stopped).
@@ -380,6 +410,9 @@ def evaluate_trials(study, ev, spec: SearchSpec, *, n_trials: int | None = None,
             trial = study.ask()
         err = _evaluate_one(study, trial, ev, spec, seen, log, worker, interval)
         done += 1
+        if progress is not None:
+            finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+            progress(finished, spec.max_trials, best_text(study, spec))
         fails_in_row = 0 if err is None else fails_in_row + 1
         if fails_in_row >= FAIL_FAST and not any(t.state == TrialState.COMPLETE
                                                    for t in study.get_trials(deepcopy=False)):
@@ -404,7 +437,7 @@ def _evaluate_and_tell(study, trial, ev, spec: SearchSpec, seen: dict, log: Log,
     trial.set_user_attr("worker", worker)
     t0 = time.perf_counter()
     try:
-        c = ev.measure_policy(expand(spec.space.families, fams), {"kind": "optuna", "families": fams})
+        c = ev.measure_policy(spec.keep_ratios(ev, fams), spec.policy(fams))
         if spec.proxy == "recovered" and not c.recovered:
             c.accuracy, c.recovered = ev.recover(c), True
     except KeyboardInterrupt:
@@ -452,7 +485,8 @@ def search_optuna(ev, objective: str, budgets: Budgets, limits: SearchLimits, *,
                   families: Mapping[str, Sequence[str]], storage: str | None = None, study_name: str | None = None,
                   sampler: str = "nsga2", seed: int = 0, log: Log = lambda s: None,
                   clock: Callable[[], float] = time.monotonic, step: float = DEFAULT_STEP, recover_top: int = 3,
-                  run_spec: Mapping | None = None, poll_s: float = 1.0) -> TuneResult:
+                  run_spec: Mapping | None = None, poll_s: float = 1.0, uniform: bool = False,
+                  progress: Callable[[int, int, str], None] | None = None) -> TuneResult:
     """Run (or resume) the Optuna study and choose the final point; see the module docstring.
 
     Args:
@@ -474,6 +508,9 @@ def search_optuna(ev, objective: str, budgets: Budgets, limits: SearchLimits, *,
         run_spec: What ``pipeline worker`` needs to rebuild the evaluator (:func:`make_run_spec`);
             without it only workers with their own evaluator factory can join.
         poll_s: How often to look for trials still running on workers, after this process stops.
+        uniform: MaskPrune: every member of a family keeps the same width (stored in the
+            study, so workers prune alike; a resume with another setting is refused).
+        progress: Called after every trial of this process with (finished trials, cap, current best).
     """
     _optuna()
     from optuna.trial import TrialState
@@ -488,12 +525,12 @@ def search_optuna(ev, objective: str, budgets: Budgets, limits: SearchLimits, *,
 
     start = clock()
     space = Space.make(families, limits.max_ratio, step)
-    spec = SearchSpec(objective, budgets, space, sampler, limits.max_candidates, limits.latency_margin)
+    spec = SearchSpec(objective, budgets, space, sampler, limits.max_candidates, limits.latency_margin, uniform)
     name = study_name or "edge-pipeline"
     study = prepare_study(storage, name, spec, run_spec=run_spec, seed=seed, log=say)
 
     _, reason = evaluate_trials(study, ev, spec, timeout_s=max(0.0, limits.time_limit_s - (clock() - start)),
-                                log=say, clock=clock)
+                                log=say, clock=clock, progress=progress)
     said: list[int] = []
     while clock() - start < limits.time_limit_s:  # trials of workers still in flight belong to this choice
         running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
@@ -545,8 +582,9 @@ def prepare_study(storage: str | None, name: str, spec: SearchSpec, *, run_spec:
 
 
 def _check_resumable(old: SearchSpec, new: SearchSpec, name: str) -> None:
-    if old.space != new.space or old.objective != new.objective:
-        what = "objective" if old.objective != new.objective else "search space (families, max_ratio or step)"
+    if old.space != new.space or old.objective != new.objective or old.uniform != new.uniform:
+        what = ("objective" if old.objective != new.objective else
+                "search space (families, max_ratio or step)" if old.space != new.space else "uniform setting")
         raise ConfigError(f"study '{name}' was made with another {what}; it cannot be resumed with this config",
                           hint="use another study name (tune.study) or delete the old study.db")
 
@@ -583,7 +621,7 @@ def _choose(study, ev, spec: SearchSpec, loop_reason: str, recover_top: int, say
         else measured here, on the run's target (trials of workers, or of an earlier session)."""
         t = trial_of[c.key]
         fams = {f: round(t.params[Space.param(f)], 6) for f in spec.space.families}
-        mine = ev.measure_policy(expand(spec.space.families, fams), {"kind": "optuna", "families": fams})
+        mine = ev.measure_policy(spec.keep_ratios(ev, fams), spec.policy(fams))
         if mine.key != c.key:
             raise StageError(f"trial {t.number} rebuilt to another architecture here",
                              hint="the workers' model, scores or prune settings differ from this run's")

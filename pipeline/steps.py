@@ -19,11 +19,13 @@ from stages.load.data import load_data, with_model_labels
 from stages.load.models import ModelRequest, load_model
 from stages.measure import TorchRunner, evaluate_top1, measurement_record
 from stages.prune.apply import Pruner, PruneSettings
+from stages.prune.depth import drop_blocks, removable_blocks
+from stages.prune.masks import reapply_masks
 from stages.prune.plan import PruningPlan, apply_plan, macs_params
 from stages.prune.tp_adapter import PruneGraph
 from stages.recover import DistillSettings, distill
 from stages.score import CRITERIA, ScoreContext, ScoreResult
-from targets.base import MeasureSettings
+from targets.base import MeasureSettings, build_engine
 from targets.ort_runner import OrtRunner
 
 
@@ -81,7 +83,7 @@ def s_baseline(state: RunState) -> dict:
     exp = export_onnx(lm.module, lm.input_shape, path, _export_settings(state))
     with OrtRunner(path) as r:
         parity = check_parity(lm.module, r, _parity_inputs(state), state.cfg.export.atol, state.cfg.export.rtol)
-    engine = state.target.build(path, lm.input_shape, state.run_dir)
+    engine = _build_engine(state, "baseline.onnx", lm.module)
     timing = state.target.measure([engine], _measure_settings(state), rounds=state.cfg.measure.final_rounds)[0]
     with state.target.runner(engine) as r:
         test_acc = evaluate_top1(r, data.test)
@@ -105,20 +107,26 @@ def s_score(state: RunState) -> dict:
     if state.cfg.policy:
         return {"_status": "skipped", "_summary": "policy replayed; no scoring"}
     crit = CRITERIA.get(state.cfg.criterion)
-    model = copy.deepcopy(state.loaded.module).eval()
+    depth = _depth_prune(state, crit) if state.cfg.prune.depth_blocks else None
+    model = copy.deepcopy(_base(state)).eval()
     graph = _graph(state, model)
     ctx = ScoreContext(model=model, graph=graph, calib=state.data.calib, seed=state.cfg.seed,
-                       options=state.cfg.criterion_options)
+                       options={**state.cfg.criterion_options,  # blocks are scored already: channels only
+                                **({"blocks": False} if depth and "blocks" in crit.params else {})})
     result = crit.result(ctx)
+    if depth:
+        result.blocks = depth["block_scores"]  # of the loaded model: the ones that chose what to drop
     options = crit.resolve_options(state.cfg.criterion_options)
     scores = result.scores
     state.scores = {k: v.detach().float() for k, v in scores.items()}
     state.score_result = result
     atomic_torch_save(state.run_dir / "scores.pt", {"criterion": crit.name, "scores": state.scores,
                                                     "allocation": result.allocation, "blocks": result.blocks,
-                                                    "options": options, "passes": result.passes})
+                                                    "options": options, "passes": result.passes, "depth": depth})
     return {"criterion": crit.name, "groups": len(scores), "options": options, "passes": result.passes,
-            "_summary": f"{crit.name}: {len(scores)} groups, {sum(len(v) for v in scores.values())} channels"}
+            **({"depth": depth} if depth else {}),
+            "_summary": f"{crit.name}: {len(scores)} groups, {sum(len(v) for v in scores.values())} channels"
+                        + (f"; dropped blocks {', '.join(depth['dropped'])}" if depth else "")}
 
 
 def r_score(state: RunState) -> None:
@@ -127,6 +135,7 @@ def r_score(state: RunState) -> None:
         state.scores = saved["scores"]
         state.score_result = ScoreResult(saved["scores"], saved.get("allocation"), saved.get("blocks"),
                                          saved.get("passes", {}))
+        state.drop_blocks = tuple((saved.get("depth") or {}).get("dropped", ()))
 
 
 def _graph(state: RunState, model) -> PruneGraph:
@@ -135,6 +144,41 @@ def _graph(state: RunState, model) -> PruneGraph:
     except KeyError as e:
         raise ConfigError(f"prune.ignore names unknown modules: {e.args[0]}",
                           hint="use module names from model.named_modules()") from None
+
+
+def _base(state: RunState):
+    """The model the channel search and the pruner start from: the loaded model with the blocks
+    depth pruning dropped (the plan's once there is one) replaced by identity; never modified."""
+    blocks = tuple(state.plan.drop_blocks) if state.plan is not None else state.drop_blocks
+    return drop_blocks(state.loaded.module, blocks) if blocks else state.loaded.module
+
+
+def _depth_prune(state: RunState, crit) -> dict:
+    """``prune.depth_blocks``: score the loaded model's removable blocks with LD-Pruner and drop the
+    lowest; sets ``state.drop_blocks``. With ``--criterion ld-pruner`` its options (``latent``,
+    ``samples``) apply, so these are the block scores that criterion gives, without its channel pass."""
+    import time
+
+    from stages.score.calib_stats import calib_inputs
+    from stages.score.ld_pruner import LATENT, SAMPLES, calib_samples, score_blocks
+
+    n = state.cfg.prune.depth_blocks
+    model = copy.deepcopy(state.loaded.module).eval()
+    names = removable_blocks(model, _example(state))
+    if n > len(names):
+        raise ConfigError(f"prune.depth_blocks = {n} but the model has {len(names)} removable residual blocks"
+                          + (f" ({', '.join(names)})" if names else ""),
+                          hint=f"set prune.depth_blocks to at most {len(names)}" if names else
+                          "set prune.depth_blocks: 0 (depth pruning needs residual blocks with identity shortcuts)")
+    opts = crit.resolve_options(state.cfg.criterion_options) if crit.name == "ld-pruner" else {}
+    latent = str(opts.get("latent", LATENT))
+    batches = calib_samples(calib_inputs(state.data.calib, 4), int(opts.get("samples", SAMPLES)))
+    t0 = time.perf_counter()
+    scores, passes = score_blocks(model, batches, names, latent)
+    order = sorted(names, key=lambda b: (scores[b], names.index(b)))  # lowest first, ties by position
+    state.drop_blocks = tuple(b for b in names if b in order[:n])
+    return {"dropped": list(state.drop_blocks), "block_scores": scores, "latent": latent,
+            "passes": {"forward": passes["forward"]}, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 # ------------------------------------------------------------------ tune
@@ -148,7 +192,7 @@ def s_tune(state: RunState) -> dict:
     lat_budget = c.latency_ms if c.latency_ms is not None else (
         base["record"]["latency_ms"]["median"] / c.speedup if c.speedup else None)
     budgets = Budgets(lat_budget, c.memory_mb, c.max_accuracy_drop, base["calib_accuracy"])
-    model = state.loaded.module
+    model = _base(state)  # depth-pruned when prune.depth_blocks > 0
     groups = _graph(state, copy.deepcopy(model)).groups()
     ev = CandidateEvaluator(
         model=model, sample_shape=state.loaded.input_shape, data=state.data, groups=groups, scores=state.scores,
@@ -173,7 +217,8 @@ def s_tune(state: RunState) -> dict:
     if res.chosen is None:
         raise StageError("the search evaluated no candidate", hint="raise tune.max_candidates or tune.time_limit_s")
     plan = res.chosen.payload["plan"]
-    plan = PruningPlan(plan.groups, plan.ignore, {**plan.meta, "criterion": cfg.criterion, "objective": cfg.objective})
+    plan = PruningPlan(plan.groups, plan.ignore, {**plan.meta, "criterion": cfg.criterion, "objective": cfg.objective},
+                       state.drop_blocks)
     state.plan = plan
     state.tune = {"budgets": vars(budgets), "stop_reason": res.stop_reason, "log": res.log,
                   "candidates": [c.to_json() for c in res.candidates], "evaluations": ev.evaluations, **extra}
@@ -187,41 +232,70 @@ def s_tune(state: RunState) -> dict:
 
 
 def _greedy(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, limits: SearchLimits):
+    from contextlib import nullcontext
+
     from pipeline.greedy import GreedySettings, search_greedy
-    from pipeline.lut import build_lut
+    from pipeline.lut import build_lut, layer_terms
     from pipeline.manifest import sha256_file
 
     cfg, t = state.cfg, state.cfg.tune
-    settings = GreedySettings(t.initial_reduction, t.decay, t.lut_points)
+    # prune.round_to null (or 1): no fixed rounding; the widths come from the measured staircase
+    staircase = cfg.prune.round_to is None or cfg.prune.round_to <= 1
+    settings = GreedySettings(t.initial_reduction, t.decay, t.lut_points, uniform=t.uniform, families=t.families,
+                              staircase=staircase)
     ms = _measure_settings(state, candidate=True)
     key_parts = {"target_desc": state.target.describe(ms.threads), "sample_shape": state.loaded.input_shape,
                  "model_hash": sha256_file(state.run_dir / "baseline.onnx"), "batch": ms.batch}
     base_ms = state.baseline["record"]["latency_ms"]["median"]
-    lut = build_lut(groups, ev.speedups, base_ms, cfg.prune.round_to, t.lut_points, key_parts, log=state.ui.note)
-    res = search_greedy(ev, lut, cfg.objective, budgets, limits, settings, cfg.prune.round_to, log=state.ui.note)
-    cal = lut.calibration()
+    bar = getattr(state.ui, "search_progress", None) or (lambda what: nullcontext(None))
+    with bar("latency LUT") as tick:
+        lut = build_lut(groups, ev.speedups, base_ms, cfg.prune.round_to, t.lut_points, key_parts, log=state.ui.note,
+                        staircase=staircase, progress=tick)
+    try:  # which conv / linear layers each group scales: the LUT's interaction model
+        lut.layers = layer_terms(copy.deepcopy(ev.model), _example(state, 1), groups)
+    except Exception as e:  # noqa: BLE001 - an exotic model: the additive model still works
+        state.ui.note(f"LUT: no layer structure ({type(e).__name__}: {e}); predicting with the additive model")
+    with bar("greedy") as tick:
+        res = search_greedy(ev, lut, cfg.objective, budgets, limits, settings, cfg.prune.round_to, log=state.ui.note,
+                            progress=tick)
+    full = {g.id: g.width for g in groups}
+    cal = lut.calibration(full)
     if cal["n"]:
-        state.ui.note(f"LUT prediction error vs full measurements: mean {100 * cal['mean_abs_rel_err']:.1f}%, "
-                      f"max {100 * cal['max_abs_rel_err']:.1f}% over {cal['n']} points")
-    return res, {"lut": lut.to_json(), "lut_calibration": cal}
+        loo = (f"leave-one-out mean {100 * cal['mean_abs_rel_err']:.1f}%, max {100 * cal['max_abs_rel_err']:.1f}%"
+               if cal["mean_abs_rel_err"] is not None else "no leave-one-out error (one point)")
+        state.ui.note(f"LUT ({cal['model']}) vs {cal['n']} full measurements: {loo}; uncalibrated mean "
+                      f"{100 * cal['raw']['mean_abs_rel_err']:.1f}% (additive model "
+                      f"{100 * cal['additive_raw']['mean_abs_rel_err']:.1f}%)")
+    extra = {"lut": lut.to_json(), "lut_calibration": cal, "uniform": t.uniform}
+    if staircase:
+        extra["staircase"] = {g.id: lut.bottoms(g.id, g.width) for g in groups}
+    return res, extra
 
 
 def _optuna(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, limits: SearchLimits):
+    from contextlib import nullcontext
+
     from pipeline.families import families
     from pipeline.search_optuna import make_run_spec, redact_url, search_optuna
 
     cfg, t = state.cfg, state.cfg.tune
+    if t.uniform and t.families == "group":
+        raise ConfigError("--uniform needs families of several groups, not tune.families 'group'",
+                          hint="set tune.families to stage or block, or drop --uniform")
     storage = t.storage or f"sqlite:///{(state.run_dir / 'study.db').resolve()}"
     study = t.study or f"edge-{state.run_dir.resolve().name}"
     base_ms = state.baseline["record"]["latency_ms"]["median"]
     run_spec = make_run_spec(cfg, model=state.loaded.module, groups=groups, scores=state.scores,
                              baseline_latency_ms=base_ms)
     state.ui.note(f"more machines: pipeline worker --study {study} --storage {redact_url(storage)}")
-    res = search_optuna(ev, cfg.objective, budgets, limits, families=families(groups, t.families), storage=storage,
-                        study_name=study, sampler=t.sampler, seed=cfg.seed, log=state.ui.note, step=t.keep_step,
-                        recover_top=t.recover_top, run_spec=run_spec)
+    bar = getattr(state.ui, "search_progress", None) or (lambda what: nullcontext(None))
+    with bar("optuna") as tick:
+        res = search_optuna(ev, cfg.objective, budgets, limits, families=families(groups, t.families),
+                            storage=storage, study_name=study, sampler=t.sampler, seed=cfg.seed, log=state.ui.note,
+                            step=t.keep_step, recover_top=t.recover_top, run_spec=run_spec, uniform=t.uniform,
+                            progress=tick)
     return res, {"optuna": {"storage": redact_url(storage), "study": study, "sampler": t.sampler,
-                            "families": t.families}}
+                            "families": t.families}, "uniform": t.uniform}
 
 
 def _replay_policy(state: RunState, path: Path) -> dict:
@@ -245,7 +319,7 @@ def _pruner(state: RunState) -> Pruner:
     p = state.cfg.prune
     criterion = state.plan.meta.get("criterion", state.cfg.criterion) if state.cfg.policy and state.plan \
         else state.cfg.criterion
-    return Pruner(state.loaded.module, _example(state), state.data.calib,
+    return Pruner(_base(state), _example(state), state.data.calib,
                   PruneSettings(str(criterion), p.recalibrate_bn, p.recalibrate_batches))
 
 
@@ -294,18 +368,46 @@ def r_prune(state: RunState) -> None:
 def s_recover(state: RunState) -> dict:
     r = state.cfg.recovery
     out = state.run_dir / "pruned.pt"
-    if r.method == "none" or r.steps == 0 or all(len(g.keep) == g.width for g in state.plan.groups):
+    if r.method == "none" or r.steps == 0 or (all(len(g.keep) == g.width for g in state.plan.groups)
+                                              and not state.plan.drop_blocks):
         save_pruned(out, state.pruned, state.plan, state.loaded.spec)
         return {"_status": "skipped", "_summary": "no recovery configured" if r.steps == 0 or r.method == "none"
                 else "nothing pruned"}
-    student = copy.deepcopy(state.pruned)
-    with state.ui.progress("distill", r.steps) as tick:
-        rec = distill(student, state.loaded.module, state.data.train, _distill_settings(state, r.steps),
-                      state.data.labeled, on_step=tick)
+    if r.soft_steps:
+        student, rec = _soft_recover(state)
+    else:
+        student = copy.deepcopy(state.pruned)
+        masks = _saved_masks(state)
+        with state.ui.progress("distill", r.steps) as tick:
+            def on_step(step: int, loss: float) -> None:
+                if masks:  # prune.sparsity: the zeros must not grow back
+                    reapply_masks(student, masks)
+                tick(step, loss)
+
+            rec = distill(student, state.loaded.module, state.data.train, _distill_settings(state, r.steps),
+                          state.data.labeled, on_step=on_step)
     state.pruned = student
     save_pruned(out, student, state.plan, state.loaded.spec)
     acc = evaluate_top1(TorchRunner(student), state.data.calib)
-    return {**rec, "calib_accuracy": acc, "_summary": f"{r.steps} steps KD; calib acc {acc:.2f}%"}
+    soft = f" ({r.soft_steps} with soft masks)" if r.soft_steps else ""
+    return {**rec, "calib_accuracy": acc, "_summary": f"{r.steps} steps KD{soft}; calib acc {acc:.2f}%"}
+
+
+def _saved_masks(state: RunState) -> dict | None:
+    path = state.run_dir / "masks.pt"
+    return torch.load(path, weights_only=True)["pruned"] if path.is_file() else None
+
+
+def _soft_recover(state: RunState):
+    """``recovery.soft_steps > 0``: gradient-flow soft masks on the unpruned model, then the plan's
+    hard removal, then plain KD for the remaining steps (``stages/soft_masks.py``)."""
+    from stages.soft_masks import SoftSettings, soft_prune
+
+    r = state.cfg.recovery  # soft_steps <= steps and no prune.sparsity: checked by RunConfig
+    with state.ui.progress("soft masks + distill", r.steps) as tick:
+        return soft_prune(state.loaded.module, state.plan, _example(state), state.data.train, state.data.calib,
+                          SoftSettings(r.soft_steps, r.soft_beta, r.soft_eta, r.soft_rescore),
+                          _distill_settings(state, r.steps), state.data.labeled, on_step=tick)
 
 
 def r_recover(state: RunState) -> None:
@@ -325,8 +427,15 @@ def s_export(state: RunState) -> dict:
                                                  f"{exp['onnx_bytes'] / 1e6:.2f} MB; parity max_abs {worst:.2e}"}
 
 
+def _build_engine(state: RunState, onnx_name: str, module):
+    """Build ``onnx_name`` on the target, handing over what it asks for beyond the ONNX (its ``build_inputs``):
+    the torch module the ONNX was exported from (``cuda``, runtime torch), calibration samples (INT8)."""
+    return build_engine(state.target, state.run_dir / onnx_name, state.loaded.input_shape, state.run_dir,
+                        module=module, calibration=state.data.calib)
+
+
 def s_build(state: RunState) -> dict:
-    eng = state.target.build(state.run_dir / "model.onnx", state.loaded.input_shape, state.run_dir)
+    eng = _build_engine(state, "model.onnx", state.pruned)
     write_json(state, "engine.json", {"target": eng.target, "path": eng.path, "engine_bytes": eng.engine_bytes,
                                       "build_s": eng.build_s, "meta": dict(eng.meta)})
     return {"build_s": eng.build_s, "_summary": f"{eng.meta.get('runtime', eng.target)} session in {eng.build_s:.2f}s"}
@@ -334,8 +443,8 @@ def s_build(state: RunState) -> dict:
 
 def s_measure(state: RunState) -> dict:
     lm, data = state.loaded, state.data
-    base_engine = state.target.build(state.run_dir / "baseline.onnx", lm.input_shape, state.run_dir)
-    final_engine = state.target.build(state.run_dir / "model.onnx", lm.input_shape, state.run_dir)
+    base_engine = _build_engine(state, "baseline.onnx", lm.module)
+    final_engine = _build_engine(state, "model.onnx", state.pruned)
     timings = state.target.measure([base_engine, final_engine], _measure_settings(state),
                                    rounds=state.cfg.measure.final_rounds)
     accs = []

@@ -107,8 +107,9 @@ class _Budgeted:
     """Evaluation cache with an iteration and time cap."""
 
     def __init__(self, ev: Evaluator, limits: SearchLimits, log: Callable[[str], None],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], on_measure: Callable[[_Budgeted], None] | None = None) -> None:
         self.ev, self.limits, self.log, self.clock = ev, limits, log, clock
+        self.on_measure = on_measure  # after every evaluation (progress bars)
         self.start = clock()
         self.by_key: dict[tuple, Candidate] = {}
         self.order: list[Candidate] = []
@@ -133,10 +134,13 @@ class _Budgeted:
         same = self.by_key.get(c.key)
         if same is not None:  # same widths as an earlier candidate: same architecture, keep the first
             self.log(f"{label}: same widths as ratio {same.ratio:.3f}")
-            return same
-        self.by_key[c.key] = c
-        self.order.append(c)
-        self.log(f"{label}: {c.latency_ms:.3f} ms, {c.memory_mb:.1f} MB, one-shot acc {_fmt(c.accuracy_oneshot)}")
+            c = same
+        else:
+            self.by_key[c.key] = c
+            self.order.append(c)
+            self.log(f"{label}: {c.latency_ms:.3f} ms, {c.memory_mb:.1f} MB, one-shot acc {_fmt(c.accuracy_oneshot)}")
+        if self.on_measure is not None:
+            self.on_measure(self)
         return c
 
     def confirm(self, c: Candidate) -> Candidate:
@@ -161,17 +165,44 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
+def best_line(cands: list[Candidate], budgets: Budgets, margin: float = 0.0) -> str:
+    """The current best candidate in a few words (progress bars): the most accurate one within budget, else
+    the cheapest one."""
+    if not cands:
+        return "-"
+    ok = [c for c in cands if budgets.resources_met(c, margin)]
+
+    def acc(c: Candidate) -> float:
+        a = c.accuracy if c.recovered else c.accuracy_oneshot
+        return -1.0 if a is None else float(a)
+
+    if ok:
+        c = max(ok, key=lambda c: (acc(c), -c.latency_ms))
+        return f"best {c.latency_ms:.3f} ms, {c.memory_mb:.1f} MB, acc {_fmt(None if acc(c) < 0 else acc(c))}"
+    c = min(cands, key=lambda c: (c.latency_ms, c.memory_mb))
+    return f"closest {c.latency_ms:.3f} ms, {c.memory_mb:.1f} MB (over budget)"
+
+
 def run_search(ev: Evaluator, budgets: Budgets, limits: SearchLimits,
                body: Callable[[_Budgeted], tuple[Candidate | None, str]],
-               log: Callable[[str], None], clock: Callable[[], float]) -> TuneResult:
-    """Shared frame of every search: caps, logging, feasibility flags and the result."""
+               log: Callable[[str], None], clock: Callable[[], float], *,
+               progress: Callable[[int, int, str], None] | None = None) -> TuneResult:
+    """Shared frame of every search: caps, logging, feasibility flags and the result.
+
+    ``progress`` (optional) is called after every evaluation with (evaluations, candidate cap,
+    the current best in words); the search code itself never prints.
+    """
     lines: list[str] = []
 
     def say(s: str) -> None:
         lines.append(s)
         log(s)
 
-    b = _Budgeted(ev, limits, say, clock)
+    def tick(bb: _Budgeted) -> None:
+        if progress is not None:
+            progress(bb.evaluations, limits.max_candidates, best_line(bb.order, budgets, limits.latency_margin))
+
+    b = _Budgeted(ev, limits, say, clock, tick if progress is not None else None)
     chosen, reason = body(b)
     for c in b.order:
         c.feasible = budgets.resources_met(c)

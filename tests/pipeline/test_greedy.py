@@ -120,8 +120,11 @@ def test_greedy_needs_a_latency_objective():
 
 
 def test_lut_calibration_reports_error():
-    lut = LatencyLUT(10.0, {})
-    lut.record(5.0, 4.0)
-    lut.record(8.0, 8.0)
-    cal = lut.calibration()
-    assert cal["n"] == 2 and cal["max_abs_rel_err"] == pytest.approx(0.25) and cal["mean_abs_rel_err"] == pytest.approx(0.125)
+    lut = LatencyLUT(10.0, {})  # no table: every prediction is the baseline, 10 ms
+    full = {"a": 64}
+    lut.observe({"a": 64}, full, 8.0)
+    cal = lut.calibration(full)
+    # one point: leave-one-out predicts it with no fit at all (10 ms for 8 ms measured)
+    assert cal["n"] == 1 and cal["max_abs_rel_err"] == pytest.approx(0.25) and cal["mean_abs_rel_err"] == pytest.approx(0.25)
+    assert cal["raw"]["mean_abs_rel_err"] == pytest.approx(0.25) and cal["online"]["mean_abs_rel_err"] == pytest.approx(0.25)
+    assert lut.predict({"a": 64}, full) == pytest.approx(8.0)  # the offset fit of that point

@@ -228,6 +228,46 @@ def test_resume_with_another_search_space_is_refused(tmp_path):
         run(tmp_path, cap=3, storage=url, mode="block")
 
 
+def _uniform_run(tmp_path, mode="group", uniform=True, study="s", storage=None, **kw):
+    ev = FakeEvaluator()
+    return ev, search_optuna(ev, "latency", Budgets(0.6, None, 1.0, BASE_ACC),
+                             SearchLimits(max_ratio=0.9, max_candidates=12, latency_margin=0.05),
+                             families=families(ev.groups, mode), storage=storage or sqlite(tmp_path),
+                             study_name=study, seed=0, uniform=uniform, **kw)
+
+
+def test_uniform_keeps_one_width_per_family_and_workers_learn_it_from_the_study(tmp_path):
+    from pipeline.families import is_uniform
+
+    url = sqlite(tmp_path)
+    ev, res = _uniform_run(tmp_path, mode="stage", storage=url)
+    fams = families(ev.groups, "stage")
+    assert len(res.candidates) >= 6
+    for c in res.candidates:
+        assert is_uniform(ev.groups, fams, dict(c.key)), c.key
+        assert c.policy["uniform"] is True
+    spec = SearchSpec.from_json(load(url).user_attrs["edge_pipeline.search"])
+    assert spec.uniform  # stored with the study, so a worker prunes alike
+    with pytest.raises(ConfigError, match="uniform setting"):  # a resume must not mix the two
+        _uniform_run(tmp_path, mode="stage", uniform=False, storage=url)
+
+
+def test_non_uniform_family_search_can_differ_within_a_stage(tmp_path):
+    from pipeline.families import is_uniform
+
+    ev, res = _uniform_run(tmp_path, mode="group", uniform=False)
+    fams = families(ev.groups, "stage")
+    assert any(not is_uniform(ev.groups, fams, dict(c.key)) for c in res.candidates)
+
+
+def test_optuna_progress_reports_every_trial_with_the_best_so_far(tmp_path):
+    ticks = []
+    _uniform_run(tmp_path, mode="stage", progress=lambda d, t, s: ticks.append((d, t, s)))
+    assert [d for d, _, _ in ticks] == list(range(1, 13)) and all(t == 12 for _, t, _ in ticks)
+    assert ticks[0][2].startswith("closest")  # the unpruned anchor is over the budget
+    assert ticks[-1][2].startswith("best trial")
+
+
 def test_impossible_budget_keeps_the_fastest_candidate_and_says_so(tmp_path):
     url = sqlite(tmp_path)
     _, res = run(tmp_path, cap=8, budgets=Budgets(0.001, None, 1.0, BASE_ACC), storage=url)

@@ -166,7 +166,12 @@ def launch(cfg: dict, run_dir: Path, log_path: Path) -> dict:
     cfg_path = run_dir.parent / f"{run_dir.name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--config", str(cfg_path), "--out", str(run_dir), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # an empty torch hub: torchvision models are random init (seeded by the run) even where pretrained
+    # weights happen to be cached; nothing downloads either way
+    hub = run_dir.parent / "empty-torch-home"
+    hub.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "TORCH_HOME": str(hub)}
     t0 = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)

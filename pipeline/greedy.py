@@ -9,8 +9,11 @@ most accurate proposal is taken. The taken step is **measured in full** on the t
 it looks within budget, measured again with more rounds before it counts), the measurement
 refits the LUT's calibration (:meth:`pipeline.lut.LatencyLUT.observe`), the step
 gets a short recovery and is checked against the accuracy floor: a step that breaks the floor
-is rolled back and the step size halved (AAP). The search stops when a full measurement meets
-the budget (with ``latency_margin`` to spare), and at its candidate and time caps.
+is rolled back (never proposed again) and the step size halved (AAP). When the step falls below
+``min_reduction`` (the LUT no longer resolves it, or mis-prices every cut), every unit proposes
+its next narrower width and the measurements alone decide. The search stops when a full
+measurement meets the budget (with ``latency_margin`` to spare), at its candidate and time caps,
+or when every unit is at its narrowest width.
 
 Candidate widths of a unit:
 
@@ -45,7 +48,7 @@ class GreedySettings:
     initial_reduction: float = 0.1  # ΔR_0 as a fraction of the baseline latency (NetAdapt's -irr)
     decay: float = 0.96  # NetAdapt's -rd
     lut_points: int = 6  # widths per group in the LUT grid
-    min_reduction: float = 0.005  # stop when the step falls below this fraction of the baseline
+    min_reduction: float = 0.005  # below this step (fraction of the baseline) every unit proposes its next width
     uniform: bool = False  # one kept width per family (MaskPrune)
     families: str = "stage"  # the family mode for ``uniform`` (pipeline.families)
     staircase: bool = False  # candidate widths at the bottoms of the measured staircase, not multiples of round_to
@@ -130,6 +133,10 @@ def make_units(groups: list[GroupInfo], lut: LatencyLUT, s: GreedySettings, roun
     return units
 
 
+def _key(widths: Mapping[str, int]) -> tuple:
+    return tuple(sorted(widths.items()))
+
+
 def _narrower(a: Mapping[str, int], widths: Mapping[str, int]) -> bool:
     return all(w <= widths[g] for g, w in a.items()) and any(w < widths[g] for g, w in a.items())
 
@@ -159,9 +166,10 @@ def _greedy(b: _Budgeted, ev: GreedyEvaluator, lut: LatencyLUT, units: list[Unit
     current = measure(widths, {**base_policy, "iteration": 0}, "greedy start")
     b.recover(current)
     accepted = [current]
+    rejected: set[tuple] = set()  # steps rolled back for accuracy: never proposed again
     step = s.initial_reduction * lut.base_ms
     it = 0
-    reason = "step fell below min_reduction"
+    reason = "every unit is at its narrowest width"
     while True:
         if current.latency_ms <= target:
             return current, f"budget met after {it} iterations"
@@ -169,35 +177,39 @@ def _greedy(b: _Budgeted, ev: GreedyEvaluator, lut: LatencyLUT, units: list[Unit
         if why:
             reason = why
             break
-        if step < s.min_reduction * lut.base_ms:
-            break
         it += 1
         now = lut.predict(widths, full)
         goal = max(target, now - step)
+        fine = step < s.min_reduction * lut.base_ms  # the LUT does not resolve steps this small
         proposals = []
         for u in units:
-            pick = next((a for a in u.steps if _narrower(a, widths) and lut.predict({**widths, **a}, full) <= goal),
-                        None)
+            ok = [a for a in u.steps if _narrower(a, widths) and _key({**widths, **a}) not in rejected]
+            pick = ok[0] if fine and ok else next((a for a in ok if lut.predict({**widths, **a}, full) <= goal), None)
             if pick is None:
                 continue
             acc = ev.oneshot_accuracy(_keep({**widths, **pick}, full))
             proposals.append((acc, -sum(full[g] for g in u.members), u.name, pick))
-        if not proposals:  # no unit reaches the goal alone: ask for less this iteration
-            step /= 2
+        if not proposals:
+            if fine:
+                break
+            step /= 2  # no unit reaches the goal alone: ask for less this iteration
             b.log(f"iteration {it}: no {'family' if s.uniform else 'group'} reaches {goal:.3f} ms alone; "
-                  f"step -> {step:.3f} ms")
+                  f"step -> {step:.3f} ms" + ("; next: the next narrower width of each" if
+                                              step < s.min_reduction * lut.base_ms else ""))
             continue
         acc, _, name, pick = max(proposals, key=lambda p: (p[0], p[1], p[2]))
         trial = {**widths, **pick}
         cut = "/".join(f"{widths[g]}->{w}" for g, w in pick.items() if w != widths[g])
         cand = measure(trial, {**base_policy, "iteration": it, "cut": {name: pick}},
-                       f"iteration {it}: {name} {cut} (predicted {lut.predict(trial, full):.3f} ms)")
+                       f"iteration {it}: {name} {cut} (predicted {lut.predict(trial, full):.3f} ms"
+                       + (", smallest cut" if fine else "") + ")")
         rec = b.recover(cand)
         if budgets.accuracy_met(rec):
             widths, current = trial, cand
             accepted.append(cand)
             step *= s.decay
         else:  # AAP rollback: stay at the last good point, halve the step
+            rejected.add(_key(trial))
             step /= 2
             b.log(f"iteration {it}: accuracy floor broken ({rec:.2f}); rolled back, step -> {step:.3f} ms")
     best = min(accepted, key=lambda c: c.latency_ms)

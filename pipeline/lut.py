@@ -6,7 +6,8 @@ interleaved with the unpruned model (``CandidateEvaluator.speedups``), so slow d
 machine's speed cancels out. The same run also times the unpruned model as if it were a
 variant, first and last: its "speedup" over itself should be 1.0, and what it measures instead
 (the first engine of a round timed differently, drift within the round) divides every entry of
-the group. The table is made monotone (a narrower group is never slower) and cached on disk,
+the group (:func:`null_bias`: the median of the two and 1.0, so one spoiled null cannot skew
+the group). The table is made monotone (a narrower group is never slower) and cached on disk,
 keyed by target description (runtime version, device, threads), input shape, the unpruned
 model's ONNX hash, ``round_to``, the grid, the batch and the table format.
 
@@ -486,6 +487,17 @@ class LatencyLUT:
                    {g: [float(x) for x in v] for g, v in d.get("null", {}).items()})
 
 
+def null_bias(first: float, last: float) -> float:
+    """The measurement's bias from the unpruned model's two self-speedups: the median of (first, last, 1.0).
+
+    When the two agree, that is about their value; when a burst of outside load spoiled one of
+    them, the median stays between the other one and 1.0 instead of following the outlier.
+    """
+    if not (first > 0 and last > 0):
+        return 1.0
+    return statistics.median([first, last, 1.0])
+
+
 def lut_key(target_desc: str, sample_shape: tuple[int, ...], model_hash: str, round_to: int | None,
             grid: Mapping[str, list[int]], batch: int) -> str:
     return digest({"target": target_desc, "shape": list(sample_shape), "model": model_hash, "round_to": round_to,
@@ -535,7 +547,7 @@ def build_lut(groups: list[GroupInfo], speedups: Callable[[list[dict[str, float]
         # the unpruned model first and last among the variants: its self-speedup is the run's bias
         got = [float(s) for s in speedups([{g.id: 1.0}, *({g.id: w / g.width} for w in grid[g.id]), {g.id: 1.0}])]
         null[g.id] = [got[0], got[-1]]
-        bias = statistics.fmean(null[g.id]) if all(x > 0 for x in null[g.id]) else 1.0
+        bias = null_bias(*null[g.id])
         raw[g.id] = {w: s / bias for w, s in zip(grid[g.id], got[1:-1])}
         table[g.id] = monotone(raw[g.id])
         shown = list(table[g.id].items())

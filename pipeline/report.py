@@ -190,9 +190,9 @@ def lut_calibration_png(report: dict) -> bytes:
     ax.set_ylabel("LUT-predicted latency, ms")
     loo_err = cal.get("mean_abs_rel_err")
     raw_err = (cal.get("raw") or {}).get("mean_abs_rel_err")
-    ax.set_title(f"LUT calibration ({cal.get('model')}, {cal.get('n')} points): leave-one-out mean error "
+    ax.set_title(f"LUT calibration ({cal.get('model')} model, {cal.get('n')} full measurements)\nleave-one-out mean error "
                  f"{'n/a' if loo_err is None else f'{100 * loo_err:.1f}%'}, uncalibrated "
-                 f"{'n/a' if raw_err is None else f'{100 * raw_err:.1f}%'}", fontsize=8)
+                 f"{'n/a' if raw_err is None else f'{100 * raw_err:.1f}%'}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return _png(fig)

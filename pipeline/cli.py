@@ -66,7 +66,7 @@ def run(
     criterion: Annotated[Optional[str], typer.Option(help="scoring criterion (see `pipeline criteria`)")] = None,
     criterion_option: Annotated[Optional[list[str]], typer.Option(
         help="KEY=VALUE criterion parameter (repeatable; see `pipeline criteria`)")] = None,
-    search: Annotated[Optional[str], typer.Option(help="search strategy: global")] = None,
+    search: Annotated[Optional[str], typer.Option(help="search strategy: global | greedy | optuna")] = None,
     policy: Annotated[Optional[Path], typer.Option(help="replay a policy.json instead of searching")] = None,
     recovery_steps: Annotated[Optional[int], typer.Option(help="distillation steps after pruning (0 = none)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="runtime threads (default: physical cores)")] = None,

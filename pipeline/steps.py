@@ -116,7 +116,7 @@ def s_score(state: RunState) -> dict:
     result = crit.result(ctx)
     if depth:
         result.blocks = depth["block_scores"]  # of the loaded model: the ones that chose what to drop
-    options = crit.resolve_options(state.cfg.criterion_options)
+    options = result.options
     scores = result.scores
     state.scores = {k: v.detach().float() for k, v in scores.items()}
     state.score_result = result

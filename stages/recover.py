@@ -47,6 +47,20 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch
     return loss
 
 
+def kd_batch_loss(student: nn.Module, teacher: nn.Module, xs: torch.Tensor, ys: torch.Tensor, batch_size: int,
+                  gen: torch.Generator, t: float, alpha: float, device: torch.device | None = None) -> torch.Tensor:
+    """One distillation step's loss: draw a batch with ``gen``, teacher logits without grad, the
+    student in train mode. Shared by plain recovery and the soft-mask phase."""
+    idx = torch.randint(0, len(xs), (min(batch_size, len(xs)),), generator=gen)
+    x, y = xs[idx], ys[idx]
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    student.train()
+    return kd_loss(student(x), teacher_logits, y, t, alpha)
+
+
 def distill(student: nn.Module, teacher: nn.Module, train: Dataset, settings: DistillSettings, labeled: bool,
             on_step: Callable[[int, float], None] | None = None) -> dict:
     """Train ``student`` in place for ``settings.steps`` steps. Returns the loss record."""
@@ -63,12 +77,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, settings: Di
     for step in range(settings.steps):
         for pg in opt.param_groups:
             pg["lr"] = settings.lr_at(step)
-        idx = torch.randint(0, len(xs), (min(settings.batch_size, len(xs)),), generator=g)
-        x, y = xs[idx], ys[idx]
-        with torch.no_grad():
-            teacher_logits = teacher(x)
-        student.train()
-        loss = kd_loss(student(x), teacher_logits, y, t, alpha)
+        loss = kd_batch_loss(student, teacher, xs, ys, settings.batch_size, g, t, alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

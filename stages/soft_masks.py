@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.errors import ConfigError, StageError
 from stages.prune.plan import PruningPlan, apply_plan
 from stages.prune.tp_adapter import PruneGraph
-from stages.recover import DistillSettings, distill, kd_loss, materialise
+from stages.recover import DistillSettings, distill, kd_batch_loss, materialise
 
 EXACT_ATOL = 1e-4  # masked model at step K vs. hard-pruned model: max |diff| <= EXACT_ATOL * max(1, max |out|)
 
@@ -189,12 +189,7 @@ def soft_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
         for step in range(k_steps):
             for pg in opt.param_groups:
                 pg["lr"] = sched.lr_at(step)
-            idx = torch.randint(0, len(xs), (min(settings.batch_size, len(xs)),), generator=gen)
-            x, y = xs[idx].to(device), ys[idx].to(device)
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-            student.train()
-            loss = kd_loss(student(x), teacher_logits, y, t, alpha)
+            loss = kd_batch_loss(student, teacher, xs, ys, settings.batch_size, gen, t, alpha, device)
             opt.zero_grad(set_to_none=True)
             masks.zero_grad()
             loss.backward()

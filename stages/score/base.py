@@ -68,6 +68,7 @@ class ScoreResult:
     blocks: dict[str, float] | None = None
     passes: dict[str, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the resolved options it ran with
 
 
 ScoreFn = Callable[[ScoreContext], "dict[str, torch.Tensor] | ScoreResult"]
@@ -103,7 +104,9 @@ class Criterion:
         """Run the criterion on a copy of ``ctx`` whose options are resolved for it."""
         ctx = dataclasses.replace(ctx, options=self.resolve_options(ctx.options))
         out = self.fn(ctx)
-        return out if isinstance(out, ScoreResult) else ScoreResult(dict(out))
+        result = out if isinstance(out, ScoreResult) else ScoreResult(dict(out))
+        result.options = dict(ctx.options)
+        return result
 
     def __call__(self, ctx: ScoreContext) -> dict[str, torch.Tensor]:
         return self.result(ctx).scores

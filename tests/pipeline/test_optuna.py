@@ -369,7 +369,7 @@ def _spawn_worker(url: str, study: str, tmp: Path, *args: str) -> subprocess.Pop
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)})
 
 
-def _two_workers_share_one_study(url: str, barrier: Path, per_worker: int = 6) -> None:
+def _assert_two_workers_share_one_study(url: str, barrier: Path, per_worker: int = 6) -> None:
     prepare_study(url, "dist", _spec(cap=100))
     barrier.mkdir()
     procs = [_spawn_worker(url, "dist", barrier.parent, "--n-trials", str(per_worker), "--delay", "0.1",
@@ -399,12 +399,12 @@ def _two_workers_share_one_study(url: str, barrier: Path, per_worker: int = 6) -
 
 
 def test_two_worker_processes_on_sqlite(tmp_path):
-    _two_workers_share_one_study(sqlite(tmp_path), tmp_path / "barrier")
+    _assert_two_workers_share_one_study(sqlite(tmp_path), tmp_path / "barrier")
 
 
 @pytest.mark.postgres
 def test_two_worker_processes_on_postgres(postgres_url, tmp_path):
-    _two_workers_share_one_study(postgres_url, tmp_path / "barrier")
+    _assert_two_workers_share_one_study(postgres_url, tmp_path / "barrier")
 
 
 @pytest.mark.postgres

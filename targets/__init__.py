@@ -20,7 +20,8 @@ from targets.ssh import SSH_OPTIONS
 TENSORRT_OPTIONS = frozenset({"precision", "workspace_mb", "dla_core", "sparsity", "max_batch", "timing_cache_dir",
                               "calibration_batches"})
 JETSON_OPTIONS = frozenset({"device", "device_profile", "precision", "workspace_mb", "dla_core", "sparsity",
-                            "max_batch", "timing_cache_dir", "remote_path", "runtime", "remote_python"}) | SSH_OPTIONS
+                            "max_batch", "timing_cache_dir", "remote_path", "runtime", "remote_python",
+                            "accuracy_on"}) | SSH_OPTIONS
 CUDA_OPTIONS = frozenset({"runtime", "precision", "graphs", "channels_last", "batch"})
 
 

@@ -18,7 +18,11 @@ fetch the JSON and the log, and parse them with :mod:`targets.trtexec_log` and
 (GPU compute; the same meaning on TRT 10 and 11); memory comes from trtexec's execution-context
 device memory, else tegrastats' RAM growth (unified memory).
 
-Accuracy (``runner``) runs through ONNX Runtime on the host, not through the engine on the device.
+Accuracy (``runner``) runs through the measured engine on the device by default
+(:mod:`targets.trtexec_infer`: ``trtexec --loadInputs / --exportOutput`` on real inputs, chunked to
+the engine's batch), so an FP16 / INT8 loss on the device counts against the accuracy floor.
+``accuracy_on: host`` evaluates the ONNX with ONNX Runtime on the host instead (FP32; faster where
+the engine's batch is 1). Every record says which (``accuracy_on``).
 
 ``runtime: ort`` measures without TensorRT: the ``cpu`` target's ONNX Runtime worker
 (:class:`targets.remote.OrtOnDevice`, CPU execution provider) runs on the device through the same
@@ -56,7 +60,10 @@ log = logging.getLogger("pipeline.jetson")
 
 DEFAULT_REMOTE_PATH = ("/usr/src/tensorrt/bin",)  # where JetPack installs trtexec (not on PATH)
 RUNTIMES = ("trtexec", "ort")
-TRT_ONLY_OPTIONS = ("precision", "workspace_mb", "dla_core", "sparsity", "max_batch", "timing_cache_dir")
+TRT_ONLY_OPTIONS = ("precision", "workspace_mb", "dla_core", "sparsity", "max_batch", "timing_cache_dir",
+                    "accuracy_on")
+ACCURACY_ON = ("device", "host")
+EVAL_BATCH = 32  # images per trtexec call when accuracy is taken through the device engine
 DEFAULT_COMMAND_TIMEOUT_S = 3600.0  # engine builds on an Orin Nano take many minutes
 
 PROBE_SCRIPT = r"""
@@ -256,6 +263,11 @@ def check_jetson_options(options: Mapping[str, Any]) -> str:
             raise ConfigError("target option 'remote_python' applies to runtime ort (ONNX Runtime on the device)",
                               hint="add runtime: ort, or drop remote_python")
         TrtSettings.from_options(options)
+        acc = str(options.get("accuracy_on") or "device").strip().lower()
+        if acc not in ACCURACY_ON:
+            raise ConfigError(f"target option accuracy_on '{options.get('accuracy_on')}' is not one of "
+                              f"{', '.join(ACCURACY_ON)}.{did_you_mean(acc, ACCURACY_ON)}",
+                              hint="accuracy_on: device (through the engine, default) | host (ONNX Runtime here)")
     if options.get("device_profile"):
         get_profile(str(options["device_profile"]))
     return runtime
@@ -290,6 +302,8 @@ class JetsonTarget:
                                             path_prepend=path)
         self.device = Device(address, settings)
         self.trt = TrtSettings.from_options(options) if self.runtime == "trtexec" else TrtSettings()
+        self.accuracy_on = (str(options.get("accuracy_on") or "device").strip().lower()
+                            if self.runtime == "trtexec" else "host")
         self.profile = get_profile(options["device_profile"]) if options.get("device_profile") else None
         if self.profile is not None and self.runtime == "trtexec":
             check_profile_options(self.profile, self.trt)
@@ -371,26 +385,30 @@ class JetsonTarget:
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
         if self.runtime == "ort":
             return self._build_ort(onnx_path, tuple(sample_shape))
+        return self._build_trtexec(onnx_path, tuple(sample_shape), out_dir, self.trt)
+
+    def _build_trtexec(self, onnx_path: Path, sample_shape: tuple[int, ...], out_dir: Path, trt: TrtSettings,
+                       tag: str = "") -> Engine:
         facts = onnx_facts(onnx_path)
         t0 = time.perf_counter()
         with self.device.session() as s:
             info = self.info(s)
             assert self.profile is not None
-            plan = precision_plan(info.trt_version, self.trt.precision, facts)
-            shapes = ({facts.input_name: batch_profile(sample_shape, self.trt.max_batch)}
+            plan = precision_plan(info.trt_version, trt.precision, facts)
+            shapes = ({facts.input_name: batch_profile(sample_shape, trt.max_batch)}
                       if facts.dynamic_batch else {})
             key = timing_cache_key(self.profile.module, self.profile.compute_capability, info.trt_version,
-                                   plan.precision, shapes, extra=f"dla={self.trt.dla_core};sparse={self.trt.sparsity}")
-            cache_dir = self.trt.timing_cache_dir or out_dir / "trt-cache"
+                                   plan.precision, shapes, extra=f"dla={trt.dla_core};sparse={trt.sparsity}")
+            cache_dir = trt.timing_cache_dir or out_dir / "trt-cache"
             cache_local = cache_dir / f"{key}.cache"
             s.put(onnx_path, "model.onnx")
             if cache_local.is_file():
                 s.put(cache_local, "timing.cache")
             cmd = BuildCommand(info.trt_version, s.path("model.onnx"), s.path("model.plan"), s.path("timing.cache"),
-                               plan, facts, tuple(sample_shape), self.trt)
+                               plan, facts, tuple(sample_shape), trt)
             argv = cmd.argv()
             r = s.run(argv, check=False)
-            engine_name = f"{onnx_path.stem}.{self.profile.name}.{plan.precision}.plan"
+            engine_name = f"{onnx_path.stem}.{self.profile.name}.{plan.precision}{tag}.plan"
             write_atomic(out_dir / "logs" / f"{engine_name}.build.log", (r.stdout + r.stderr).encode())
             if r.returncode != 0:
                 raise StageError(f"trtexec could not build {onnx_path.name} on {self.device.name} "
@@ -411,8 +429,8 @@ class JetsonTarget:
             "trtexec_argv": argv, "timing_cache_key": key, "timing_cache": str(cache_local),
             "trtexec_build_s": built.build_seconds if built else None, "power_mode": info.power_mode,
             "clocks_locked": info.clocks_locked, "onnx": str(onnx_path), "onnx_sha256": sha256_file(onnx_path),
-            "input": facts.input_name, "dynamic_batch": facts.dynamic_batch, "max_batch": self.trt.max_batch,
-            "dla_core": self.trt.dla_core, "sparsity": self.trt.sparsity,
+            "input": facts.input_name, "dynamic_batch": facts.dynamic_batch, "max_batch": trt.max_batch,
+            "dla_core": trt.dla_core, "sparsity": trt.sparsity,
         }
         write_atomic(Path(str(plan_path) + ".json"), json.dumps(meta, indent=2, default=str).encode())
         return Engine(self.name, onnx_path, plan_path, plan_path.stat().st_size, build_s, tuple(sample_shape), meta)
@@ -429,9 +447,41 @@ class JetsonTarget:
                 "onnx": str(onnx_path), "precision": "fp32"}
         return Engine(self.name, onnx_path, None, None, build_s, sample_shape, meta)
 
-    def runner(self, engine: Engine) -> AbstractContextManager[OrtRunner]:
-        """Accuracy through ONNX Runtime on the host (not through the engine; see docs/jetson.md)."""
-        return OrtRunner(engine.onnx_path)
+    def runner(self, engine: Engine) -> AbstractContextManager:
+        """Accuracy through the engine on the device (``accuracy_on: device``, runtime trtexec), else
+        through ONNX Runtime on the host (FP32; see docs/jetson.md)."""
+        if self.accuracy_on == "host" or engine.path is None:
+            return OrtRunner(engine.onnx_path)
+        from targets.trtexec_infer import TrtexecRunner
+
+        info = self.info()
+        if engine.meta.get("dynamic_batch") and self.trt.max_batch < EVAL_BATCH:
+            engine = self._eval_engine(engine)
+        return TrtexecRunner(self.device, Path(engine.path), Path(engine.onnx_path), info.trt_version or "",
+                             int(engine.meta.get("max_batch") or 1), self.trt.dla_core,
+                             Path(engine.path).parent / "logs")
+
+    def _eval_engine(self, engine: Engine) -> Engine:
+        """The measured engine's twin with a 1..EVAL_BATCH profile, for accuracy only.
+
+        Same ONNX, TensorRT, precision, DLA and sparsity; only the batch profile differs, so an
+        FP16 / INT8 loss shows as it does in the measured engine, without one trtexec start per
+        image. Built once per ONNX (the sidecar's sha256 is checked) and kept next to the engine.
+        """
+        from dataclasses import replace
+
+        path = Path(str(engine.path).removesuffix(".plan") + f".eval{EVAL_BATCH}.plan")
+        side = Path(str(path) + ".json")
+        onnx_sha = sha256_file(Path(engine.onnx_path))
+        if path.is_file() and side.is_file():
+            meta = json.loads(side.read_text())
+            if meta.get("onnx_sha256") == onnx_sha:
+                return Engine(self.name, Path(engine.onnx_path), path, path.stat().st_size, 0.0,
+                              engine.sample_shape, meta)
+        log.info("building an evaluation twin of %s with batch 1..%d (accuracy through the device engine)",
+                 Path(engine.path).name, EVAL_BATCH)
+        return self._build_trtexec(Path(engine.onnx_path), engine.sample_shape, Path(engine.path).parent,
+                                   replace(self.trt, max_batch=EVAL_BATCH), tag=f".eval{EVAL_BATCH}")
 
     # -- measure
     def _measure_ort(self, engines: Sequence[Engine], settings: MeasureSettings, rounds: int) -> list[dict]:
@@ -445,6 +495,7 @@ class JetsonTarget:
                                   "in a fresh worker process (targets/ort_worker.py)",
                 "device": dict(asdict(info)), "device_profile": self.profile.name if self.profile else None,
                 "precision": "fp32", "warnings": self._ort_warnings(info),
+                "accuracy_on": "host: the ONNX through ONNX Runtime (fp32, the runtime measured on the device)",
                 "notes": ["memory_mb: peak RSS growth of the worker process on the device (no tegrastats)"],
             })
         return records
@@ -540,6 +591,8 @@ class JetsonTarget:
             "engine_bytes": engine.engine_bytes,
             "measured_on": self.describe(),
             "runtime": "trtexec",
+            "accuracy_on": ("device: the engine, trtexec --loadInputs/--exportOutput" if self.accuracy_on == "device"
+                            else "host: the ONNX through ONNX Runtime (fp32)"),
             "latency_source": "computeMs of trtexec --exportTimes (GPU compute, no H2D/D2H)",
             "device_memory_bytes": getattr(parsed, "device_memory_bytes", None),
             "tegrastats": tsum,

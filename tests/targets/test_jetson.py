@@ -220,8 +220,9 @@ def test_jetson_without_device_on_a_non_jetson_says_how():
 
 # ---------------------------------------------------------------- the remote flow, loopback + recorded logs
 
-FAKE_TRTEXEC = r'''#!/usr/bin/env python3
-# Test fake: replays RECORDED trtexec output (see fake.json); not TensorRT.
+FAKE_TRTEXEC = r'''#!PYTHON
+# Test fake: replays RECORDED trtexec output (see fake.json); not TensorRT. On real inputs
+# (--loadInputs/--exportOutput) it runs the ONNX the fake plan names with ONNX Runtime.
 import hashlib, json, os, shutil, sys, time
 here = os.path.dirname(os.path.abspath(__file__))
 conf = json.load(open(os.path.join(here, "fake.json")))
@@ -239,9 +240,34 @@ if "onnx" in opts:
         print("[E] Error[4]: fake build failure requested by the test")
         sys.exit(1)
     data = open(opts["onnx"], "rb").read()
-    open(opts["saveEngine"], "wb").write(b"fake-plan:" + hashlib.sha256(data).hexdigest().encode())
+    sha = hashlib.sha256(data).hexdigest()
+    open(opts["saveEngine"], "wb").write(b"fake-plan:" + sha.encode())
+    os.makedirs(os.path.join(here, "plans"), exist_ok=True)
+    shutil.copyfile(opts["onnx"], os.path.join(here, "plans", sha + ".onnx"))
     with open(opts["timingCacheFile"], "ab") as f:
         f.write(b"x")
+    sys.stdout.write(log)
+    sys.exit(0)
+if "loadEngine" in opts and "exportOutput" in opts:
+    # real inputs: run the ONNX the "plan" was built from with ONNX Runtime, write trtexec's format
+    import numpy as np, onnxruntime as ort
+    sha = open(opts["loadEngine"], "rb").read().split(b":", 1)[1].decode()
+    sess = ort.InferenceSession(os.path.join(here, "plans", sha + ".onnx"), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    name, path = opts["loadInputs"].rsplit(":", 1)
+    assert name.strip("'") == inp.name, (name, inp.name)
+    shape = [int(d) for d in opts["shapes"].rsplit(":", 1)[1].split("x")] if "shapes" in opts else inp.shape
+    x = np.fromfile(path, dtype=np.float32).reshape(shape)
+    outs = sess.run(None, {inp.name: x})
+    if os.path.exists(os.path.join(here, "nan_output")):
+        outs[0].flat[0] = float("nan")
+    with open(opts["exportOutput"], "w") as f:
+        f.write("[\n")
+        for i, (o, y) in enumerate(zip(sess.get_outputs(), outs)):
+            f.write(("  " if i == 0 else ", ") + '{ "name" : "%s"\n' % o.name)
+            f.write('  , "dimensions" : "%s"\n' % "x".join(map(str, y.shape)))
+            f.write('  , "values" : [ ' + ", ".join("%g" % v for v in y.ravel()) + " ]\n  }\n")
+        f.write("]\n")
     sys.stdout.write(log)
     sys.exit(0)
 if "loadEngine" in opts:
@@ -285,7 +311,7 @@ def fakebin(tmp_path):
     d.mkdir()
     for name, text in (("trtexec", FAKE_TRTEXEC), ("tegrastats", FAKE_TEGRASTATS), ("nvpmodel", FAKE_NVPMODEL),
                        ("jetson_clocks", FAKE_CLOCKS)):
-        (d / name).write_text(text)
+        (d / name).write_text(text.replace("#!PYTHON", "#!" + sys.executable, 1))
         (d / name).chmod(0o755)
     (d / "fake.json").write_text(json.dumps({"log": str(TRT_LOG), "times": str(TIMES), "tegrastats": str(TEGRA)}))
     return d
@@ -358,6 +384,115 @@ def test_remote_jetson_flow_with_recorded_outputs(sshd, fakebin, onnx_models, tm
     assert sum(n.endswith(".times.json") for n in logs) == 4 and sum(n.endswith(".tegrastats.log") for n in logs) == 4
     assert set(glob.glob("/tmp/edge-pipeline.*")) == before  # every remote folder removed
     assert not [p for p in tmp_path.rglob("*.part")]  # nothing half-written
+
+
+def _static_onnx(path: Path, batch: int) -> Path:
+    torch.manual_seed(1)
+    torch.onnx.export(CifarResNet(8, 8, 1).eval(), (torch.zeros(batch, 1, 32, 32),), str(path), input_names=["input"],
+                      output_names=["logits"], opset_version=18, dynamo=False)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static"])
+def test_accuracy_through_the_device_engine(sshd, fakebin, onnx_models, tmp_path, kind):
+    """runner(): real inputs through the plan on the device (trtexec --loadInputs / --exportOutput),
+    chunked to the engine's batch; the fake runs the ONNX the plan came from, so the outputs must
+    equal ONNX Runtime's here up to trtexec's 6 printed digits."""
+    import numpy as np
+
+    from targets.ort_runner import OrtRunner
+
+    before = set(glob.glob("/tmp/edge-pipeline.*"))
+    onnx = onnx_models[0] if kind == "dynamic" else _static_onnx(tmp_path / "static4.onnx", 4)
+    t = get_target("jetson", sshd.options(device_profile="orin-nano-8gb", remote_path=str(fakebin), max_batch=2))
+    e = t.build(onnx, (1, 32, 32), tmp_path)
+    x = np.random.default_rng(0).standard_normal((5, 1, 32, 32)).astype(np.float32)
+    with t.runner(e) as r:
+        y = r.run(x)
+    with t.runner(e) as r:  # a second evaluation reuses the evaluation twin (one build)
+        assert r.run(x[:1]).shape == (1, 10)
+    with OrtRunner(onnx) as ref:
+        padded = np.concatenate([x, np.zeros((3, 1, 32, 32), np.float32)])
+        want = np.concatenate([ref.run(padded[:4]), ref.run(padded[4:])])[:5] if kind == "static" else ref.run(x)
+    assert y.shape == want.shape == (5, 10)
+    np.testing.assert_allclose(y, want, rtol=2e-5, atol=1e-6)
+    runs = [c["argv"] for c in _calls(fakebin) if any(a.startswith("--exportOutput=") for a in c["argv"])]
+    shapes = [next((a for a in c if a.startswith("--shapes=")), None) for c in runs]
+    builds = [c["argv"] for c in _calls(fakebin) if any(a.startswith("--onnx=") for a in c["argv"])]
+    if kind == "dynamic":  # max_batch 2 < 32: an evaluation twin with batch 1..32 takes all 5 in one call
+        assert shapes == ["--shapes=input:5x1x32x32", "--shapes=input:1x1x32x32"]
+        assert len(builds) == 2 and "--maxShapes=input:32x1x32x32" in builds[1]
+        twin = tmp_path / "small.orin-nano-8gb.fp16.eval32.plan"
+        assert twin.is_file() and json.loads(Path(str(twin) + ".json").read_text())["max_batch"] == 32
+    else:  # the ONNX's batch of 4: 4 + 1 padded to 4; no twin
+        assert shapes == [None, None, None] and len(builds) == 1
+    assert all("--iterations=1" in c and "--loadInputs=input:" in " ".join(c) for c in runs)
+    assert t.measure([e], FAST)[0]["accuracy_on"].startswith("device")
+    assert set(glob.glob("/tmp/edge-pipeline.*")) == before
+
+
+def test_device_accuracy_failure_says_how_to_fall_back(sshd, fakebin, onnx_models, tmp_path):
+    import numpy as np
+
+    t = get_target("jetson", sshd.options(device_profile="orin-nano-8gb", remote_path=str(fakebin), max_batch=32))
+    e = t.build(onnx_models[0], (1, 32, 32), tmp_path)
+    (fakebin / "plans").rename(fakebin / "plans-gone")  # the fake cannot find the model: trtexec fails
+    with pytest.raises(StageError, match="could not run small.orin-nano-8gb.fp16.plan on real inputs") as err:
+        with t.runner(e) as r:
+            r.run(np.zeros((2, 1, 32, 32), np.float32))
+    assert "accuracy_on: host" in err.value.hint
+    assert list((tmp_path / "logs").glob("*.eval-00000.trtexec.log"))
+
+
+def test_accuracy_on_host_and_bad_values(sshd, fakebin, onnx_models, tmp_path):
+    from targets.ort_runner import OrtRunner
+
+    t = get_target("jetson", sshd.options(device_profile="orin-nano-8gb", remote_path=str(fakebin),
+                                          accuracy_on="host"))
+    assert isinstance(t.runner(t.build(onnx_models[0], (1, 32, 32), tmp_path)), OrtRunner)
+    with pytest.raises(ConfigError, match="accuracy_on 'devise' is not one of device, host") as e:
+        get_target("jetson", sshd.options(accuracy_on="devise"))
+    assert "did you mean" in str(e.value).lower()
+    with pytest.raises(ConfigError, match="'accuracy_on' applies to runtime trtexec"):
+        get_target("jetson", sshd.options(runtime="ort", accuracy_on="device"))
+
+
+E2E_YAML = """
+model: example:digits-resnet
+data: digits
+objective: latency
+constraints: {{speedup: 1.0, max_accuracy_drop: 5.0}}
+criterion: magnitude-l2
+recovery: {{steps: 0, tune_steps: 0}}
+measure: {{warmup_s: 0.05, min_duration_s: 0.1, min_iters: 20, final_rounds: 1, candidate_rounds: 1,
+          candidate_duration_s: 0.1}}
+tune: {{max_candidates: 1, time_limit_s: 60, min_step: 0.2}}
+target_options: {{known_hosts: {kh}, identity_file: {key}, ssh_config: none, remote_path: {bin},
+                 device_profile: orin-nano-8gb, max_batch: 64}}
+"""
+
+
+def test_pipeline_run_jetson_accuracy_is_taken_on_the_device(sshd, fakebin, cli, tmp_path):
+    """``pipeline run --target jetson --device ...`` (trtexec): every test-split accuracy in the report
+    comes from the device engine (the fake trtexec runs the ONNX with ONNX Runtime, so the numbers
+    equal the host's); latency is the recorded replay, so only the plumbing is judged here."""
+    from stages.load.data import load_data
+
+    cfg = tmp_path / "e2e.yaml"
+    cfg.write_text(E2E_YAML.format(kh=sshd.keys.known_hosts, key=sshd.keys.user_key, bin=fakebin))
+    out = tmp_path / "run"
+    code, _, err = cli("run", "--config", cfg, "--target", "jetson", "--device", sshd.address, "--out", out, "-q")
+    assert code in (0, 1), err
+    rep = json.loads((out / "report.json").read_text())
+    for m in (rep["baseline"], rep["final"]):
+        assert m["details"]["accuracy_on"].startswith("device") and m["accuracy"] is not None
+    assert rep["baseline"]["accuracy"] > 95
+    calls = [c["argv"] for c in _calls(fakebin) if any(a.startswith("--exportOutput=") for a in c["argv"])]
+    n_test = len(load_data("digits", (1, 32, 32)).test)
+    per_eval = -(-n_test // 64)
+    assert len(calls) == 3 * per_eval  # baseline stage, then baseline + final in the measure stage
+    assert {a for c in calls for a in c if a.startswith("--shapes=")} == {
+        "--shapes=input:64x1x32x32", f"--shapes=input:{n_test % 64 or 64}x1x32x32"}
 
 
 def test_remote_jetson_build_failure_is_one_clear_line(sshd, fakebin, onnx_models, tmp_path):

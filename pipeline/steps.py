@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -212,7 +213,9 @@ def s_tune(state: RunState) -> dict:
     elif cfg.search == "optuna":
         res, extra = _optuna(state, ev, groups, budgets, limits)
     else:
-        res = search_global(ev, cfg.objective, budgets, limits, log=state.ui.note)
+        bar = getattr(state.ui, "search_progress", None) or (lambda what: nullcontext(None))
+        with bar("global") as tick:
+            res = search_global(ev, cfg.objective, budgets, limits, log=state.ui.note, progress=tick)
     shutil.rmtree(state.run_dir / "candidates", ignore_errors=True)
     if res.chosen is None:
         raise StageError("the search evaluated no candidate", hint="raise tune.max_candidates or tune.time_limit_s")
@@ -232,8 +235,6 @@ def s_tune(state: RunState) -> dict:
 
 
 def _greedy(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, limits: SearchLimits):
-    from contextlib import nullcontext
-
     from pipeline.greedy import GreedySettings, search_greedy
     from pipeline.lut import build_lut, layer_terms
     from pipeline.manifest import sha256_file
@@ -273,8 +274,6 @@ def _greedy(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, l
 
 
 def _optuna(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, limits: SearchLimits):
-    from contextlib import nullcontext
-
     from pipeline.families import families
     from pipeline.search_optuna import make_run_spec, redact_url, search_optuna
 

@@ -216,11 +216,12 @@ def run_search(ev: Evaluator, budgets: Budgets, limits: SearchLimits,
 
 def search_global(ev: Evaluator, objective: str, budgets: Budgets, limits: SearchLimits,
                   log: Callable[[str], None] = lambda s: None,
-                  clock: Callable[[], float] = time.monotonic) -> TuneResult:
-    """Run the global-ratio search for ``objective``; see the module docstring."""
-    if objective == "accuracy":
-        return run_search(ev, budgets, limits, lambda b: _aap_stepping(b, budgets, limits), log, clock)
-    return run_search(ev, budgets, limits, lambda b: _bisect_resources(b, budgets, limits), log, clock)
+                  clock: Callable[[], float] = time.monotonic, *,
+                  progress: Callable[[int, int, str], None] | None = None) -> TuneResult:
+    """Run the global-ratio search for ``objective``; see the module docstring. ``progress`` as in
+    :func:`run_search`."""
+    body = _aap_stepping if objective == "accuracy" else _bisect_resources
+    return run_search(ev, budgets, limits, lambda b: body(b, budgets, limits), log, clock, progress=progress)
 
 
 def _bisect_resources(b: _Budgeted, budgets: Budgets, limits: SearchLimits) -> tuple[Candidate | None, str]:

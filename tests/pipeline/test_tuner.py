@@ -125,3 +125,14 @@ def test_lucky_first_measurement_is_confirmed_before_it_counts():
     res = search_global(LuckyFirst(), "latency", Budgets(2.5, None, None, 99),
                         SearchLimits(min_step=0.01, latency_margin=0.0))
     assert res.chosen.latency_ms <= 2.5 and res.chosen.ratio >= 0.5  # not fooled into r ~ 0.23
+
+
+@pytest.mark.parametrize("objective, budgets", [("latency", Budgets(2.5, None, None, 99)),
+                                                ("accuracy", Budgets(None, None, 1.0, 99))])
+def test_global_progress_reports_every_measurement_with_the_best(objective, budgets):
+    ticks: list[tuple[int, int, str]] = []
+    res = search_global(CostModel(), objective, budgets, SearchLimits(max_candidates=7),
+                        progress=lambda d, t, s: ticks.append((d, t, s)))
+    assert [d for d, _, _ in ticks] == list(range(1, len(ticks) + 1)) and len(ticks) >= 3
+    assert all(t == 7 for _, t, _ in ticks) and len(ticks) <= 7
+    assert ticks[-1][2].startswith("best ") and len({c.key for c in res.candidates}) <= len(ticks)

@@ -260,16 +260,38 @@ def test_stade_criterion_end_to_end_with_bias_compensation(cli, tmp_path):
     assert parity["output"]["fail_frac"] == 0.0
 
 
+TORCHVISION_YAML = """
+model: torchvision:resnet18
+data: random
+input_shape: [3, 64, 64]
+target: cpu
+objective: latency
+constraints: {speedup: 1.3, max_accuracy_drop: null}
+criterion: magnitude-l2
+recovery: {steps: 5, tune_steps: 0, batch_size: 16}
+measure: {warmup_s: 0.05, min_duration_s: 0.25, min_iters: 20, final_rounds: 2, candidate_rounds: 2,
+          candidate_duration_s: 0.15}
+tune: {max_candidates: 3, time_limit_s: 120, min_step: 0.1}
+"""
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["default", "resnet18"])
 @pytest.mark.parametrize("criterion", __import__("stages.score", fromlist=["CRITERIA"]).CRITERIA.names())
-def test_every_criterion_end_to_end(cli, tmp_path, criterion):
+def test_every_criterion_end_to_end(cli, tmp_path, monkeypatch, criterion, model):
+    """Every criterion through every stage, on the embedded default and on torchvision resnet18
+    (random init and data: fidelity; an empty TORCH_HOME so nothing is read or downloaded)."""
     from tests.conftest import FAST_YAML
 
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(FAST_YAML)
+    cfg.write_text(FAST_YAML if model == "default" else TORCHVISION_YAML)
     code, _, err = cli("run", "--config", cfg, "--criterion", criterion, "--out", tmp_path / "r", "-q")
     assert code in (0, 1), err
-    assert json.loads((tmp_path / "r" / "report.json").read_text())["criterion"] == criterion
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["criterion"] == criterion and rep["final"]["accuracy"] is not None
+    assert rep["final"]["macs"] < rep["baseline"]["macs"]  # something was pruned
+    assert json.loads((tmp_path / "r" / "parity.json").read_text())["parity"]["output"]["fail_frac"] == 0.0
 
 
 def test_pruned_checkpoint_loads_as_a_model_spec(default_run):

@@ -71,6 +71,11 @@ def test_space_grid_and_anchors():
     s = Space.make({"a": ["a.0"], "b": ["b.0", "b.1"]}, max_ratio=0.9, step=0.05)
     assert s.low == pytest.approx(0.1)
     assert s.anchors() == [{"keep:a": 1.0, "keep:b": 1.0}, {"keep:a": 0.1, "keep:b": 0.1}]
+    # a 3x budget: uniform keep 1/sqrt(3) = 0.577 -> 0.6 on the grid, then 0.5 and 0.4
+    assert [a["keep:a"] for a in s.anchors(3.0)] == [1.0, 0.1, 0.6, 0.5, 0.4]
+    assert all(a["keep:a"] == a["keep:b"] for a in s.anchors(3.0))
+    assert [a["keep:a"] for a in s.anchors(100.0)] == [1.0, 0.1]  # clipped to the grid, no duplicates
+    assert s.anchors(1.0) == s.anchors()
     assert Space.make({"a": ["x"]}, max_ratio=0.33, step=0.1).low == pytest.approx(0.7)
     with pytest.raises(ConfigError, match="below one step"):
         Space.make({"a": ["x"]}, max_ratio=0.03, step=0.05)

@@ -320,6 +320,12 @@ def rows_of(point: dict) -> list[dict]:
     return out
 
 
+def _runs_line(s: dict) -> str:
+    return (f"Runs: recovery {s['recovery_steps']} distillation steps (searches: {s['tune_steps']}), candidate cap "
+            f"{s['max_candidates']}, time cap {s['time_limit_s']:.0f} s, seed {s['seed']}, ONNX Runtime threads "
+            f"{s.get('threads') or 'default'}.")
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [
@@ -328,9 +334,8 @@ def markdown(report: dict) -> str:
         f"- Machine: {report.get('measured_on') or 'n/a'}; {report['platform']}",
         f"- Date: {report['date']}; total wall time {report['wall_s'] / 60:.1f} min"
         + ("; **--quick smoke: numbers are not meaningful**" if s["quick"] else ""),
-        f"- Every run: recovery {s['recovery_steps']} distillation steps (searches: {s['tune_steps']}), candidate cap "
-        f"{s['max_candidates']}, time cap {s['time_limit_s']:.0f} s, seed {s['seed']}, no accuracy floor, "
-        f"round_to 8 unless the method says otherwise",
+        "- Every run of a section: the recovery budget, candidate cap and time cap on its `Runs:` line; no accuracy "
+        "floor; round_to 8 unless the method says otherwise",
         f"- Speedup: re-measured, every final model interleaved with the unpruned one in one fresh process, "
         f"{s['rounds']} rounds x >= {s['duration_s']:g} s; `vs budget` = speedup / budget - 1",
         "- `uniform:<criterion>`: one prune ratio for every group (`search: global`); the tuned methods use the best "
@@ -343,7 +348,7 @@ def markdown(report: dict) -> str:
             lines += [f"## {point['model']} at {point['budget']:g}x: {point['error']}", ""]
             continue
         lines += [f"## {point['model']} at {point['budget']:g}x (best uniform criterion: "
-                  f"`{point.get('best_criterion')}`)", "",
+                  f"`{point.get('best_criterion')}`)", "", _runs_line(point.get("settings") or s), "",
                   "| method | accuracy (test) | Δ vs unpruned | speedup (re-measured) | vs budget | verdict | "
                   "tune s | full measurements | LUT error |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -461,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         "points": points,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
+    for p in points:  # per point: --append merges points made with other settings
+        p["settings"] = report["settings"]
     jpath, mpath = write_outputs(report, a.out, a.append, a.name)
     print()
     print(mpath.read_text())

@@ -184,6 +184,12 @@ def _depth_prune(state: RunState, crit) -> dict:
 
 # ------------------------------------------------------------------ tune
 
+def _search_bar(state: RunState, what: str):
+    """The console's search progress bar (``tick(done, total, best)``), or a no-op where the UI has none."""
+    bar = getattr(state.ui, "search_progress", None)
+    return bar(what) if bar is not None else nullcontext(None)
+
+
 def s_tune(state: RunState) -> dict:
     cfg = state.cfg
     if cfg.policy:
@@ -213,8 +219,7 @@ def s_tune(state: RunState) -> dict:
     elif cfg.search == "optuna":
         res, extra = _optuna(state, ev, groups, budgets, limits)
     else:
-        bar = getattr(state.ui, "search_progress", None) or (lambda what: nullcontext(None))
-        with bar("global") as tick:
+        with _search_bar(state, "global") as tick:
             res = search_global(ev, cfg.objective, budgets, limits, log=state.ui.note, progress=tick)
     shutil.rmtree(state.run_dir / "candidates", ignore_errors=True)
     if res.chosen is None:
@@ -248,15 +253,14 @@ def _greedy(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, l
     key_parts = {"target_desc": state.target.describe(ms.threads), "sample_shape": state.loaded.input_shape,
                  "model_hash": sha256_file(state.run_dir / "baseline.onnx"), "batch": ms.batch}
     base_ms = state.baseline["record"]["latency_ms"]["median"]
-    bar = getattr(state.ui, "search_progress", None) or (lambda what: nullcontext(None))
-    with bar("latency LUT") as tick:
+    with _search_bar(state, "latency LUT") as tick:
         lut = build_lut(groups, ev.speedups, base_ms, cfg.prune.round_to, t.lut_points, key_parts, log=state.ui.note,
                         staircase=staircase, progress=tick)
     try:  # which conv / linear layers each group scales: the LUT's interaction model
         lut.layers = layer_terms(copy.deepcopy(ev.model), _example(state, 1), groups)
     except Exception as e:  # noqa: BLE001 - an exotic model: the additive model still works
         state.ui.note(f"LUT: no layer structure ({type(e).__name__}: {e}); predicting with the additive model")
-    with bar("greedy") as tick:
+    with _search_bar(state, "greedy") as tick:
         res = search_greedy(ev, lut, cfg.objective, budgets, limits, settings, cfg.prune.round_to, log=state.ui.note,
                             progress=tick)
     full = {g.id: g.width for g in groups}
@@ -287,8 +291,7 @@ def _optuna(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, l
     run_spec = make_run_spec(cfg, model=state.loaded.module, groups=groups, scores=state.scores,
                              baseline_latency_ms=base_ms)
     state.ui.note(f"more machines: pipeline worker --study {study} --storage {redact_url(storage)}")
-    bar = getattr(state.ui, "search_progress", None) or (lambda what: nullcontext(None))
-    with bar("optuna") as tick:
+    with _search_bar(state, "optuna") as tick:
         res = search_optuna(ev, cfg.objective, budgets, limits, families=families(groups, t.families),
                             storage=storage, study_name=study, sampler=t.sampler, seed=cfg.seed, log=state.ui.note,
                             step=t.keep_step, recover_top=t.recover_top, run_spec=run_spec, uniform=t.uniform,

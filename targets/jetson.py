@@ -159,9 +159,14 @@ def parse_probe(text: str) -> DeviceInfo:
 # --------------------------------------------------------------------------- trtexec commands
 
 
-def _shape(name: str, dims: Sequence[int]) -> str:
-    n = f"'{name}'" if ":" in name or "," in name else name  # trtexec's quoting for such names
-    return f"{n}:{'x'.join(str(int(d)) for d in dims)}"
+def tensor_arg(name: str) -> str:
+    """A tensor name as trtexec's ``--shapes`` / ``--loadInputs`` want it (quoted when it holds ``:`` or ``,``)."""
+    return f"'{name}'" if ":" in name or "," in name else name
+
+
+def shape_arg(name: str, dims: Sequence[int]) -> str:
+    """``NAME:AxBxC`` for trtexec's shape options."""
+    return f"{tensor_arg(name)}:{'x'.join(str(int(d)) for d in dims)}"
 
 
 @dataclass(frozen=True)
@@ -188,8 +193,8 @@ class BuildCommand:
         if self.facts.dynamic_batch:
             lo, opt, hi = batch_profile(self.sample_shape, self.settings.max_batch)
             name = self.facts.input_name
-            a += [f"--minShapes={_shape(name, lo)}", f"--optShapes={_shape(name, opt)}",
-                  f"--maxShapes={_shape(name, hi)}"]
+            a += [f"--minShapes={shape_arg(name, lo)}", f"--optShapes={shape_arg(name, opt)}",
+                  f"--maxShapes={shape_arg(name, hi)}"]
         if self.settings.workspace_mb:
             a.append(f"--memPoolSize=workspace:{self.settings.workspace_mb}" if v >= (8, 4)
                      else f"--workspace={self.settings.workspace_mb}")
@@ -212,7 +217,7 @@ def measure_argv(trt_version: str, engine: str, times_json: str, facts: OnnxFact
          f"--warmUp={max(0, round(settings.warmup_s * 1000))}",
          f"--duration={max(1, math.ceil(settings.min_duration_s))}", f"--iterations={max(1, settings.min_iters)}"]
     if facts.dynamic_batch:
-        a.append(f"--shapes={_shape(facts.input_name, (batch, *sample_shape))}")
+        a.append(f"--shapes={shape_arg(facts.input_name, (batch, *sample_shape))}")
     if (trt_major(trt_version) or 0) < 11:
         a.append("--useSpinWait")
     if dla_core is not None:
@@ -244,6 +249,10 @@ def check_profile_options(profile: DeviceProfile, settings: TrtSettings, trt_ver
 # --------------------------------------------------------------------------- the target
 
 
+def _accuracy_on(options: Mapping[str, Any]) -> str:
+    return str(options.get("accuracy_on") or "device").strip().lower()
+
+
 def check_jetson_options(options: Mapping[str, Any]) -> str:
     """Check option values before anything runs; returns the runtime (``trtexec`` or ``ort``)."""
     from pipeline.errors import did_you_mean
@@ -263,7 +272,7 @@ def check_jetson_options(options: Mapping[str, Any]) -> str:
             raise ConfigError("target option 'remote_python' applies to runtime ort (ONNX Runtime on the device)",
                               hint="add runtime: ort, or drop remote_python")
         TrtSettings.from_options(options)
-        acc = str(options.get("accuracy_on") or "device").strip().lower()
+        acc = _accuracy_on(options)
         if acc not in ACCURACY_ON:
             raise ConfigError(f"target option accuracy_on '{options.get('accuracy_on')}' is not one of "
                               f"{', '.join(ACCURACY_ON)}.{did_you_mean(acc, ACCURACY_ON)}",
@@ -302,8 +311,7 @@ class JetsonTarget:
                                             path_prepend=path)
         self.device = Device(address, settings)
         self.trt = TrtSettings.from_options(options) if self.runtime == "trtexec" else TrtSettings()
-        self.accuracy_on = (str(options.get("accuracy_on") or "device").strip().lower()
-                            if self.runtime == "trtexec" else "host")
+        self.accuracy_on = _accuracy_on(options) if self.runtime == "trtexec" else "host"
         self.profile = get_profile(options["device_profile"]) if options.get("device_profile") else None
         if self.profile is not None and self.runtime == "trtexec":
             check_profile_options(self.profile, self.trt)

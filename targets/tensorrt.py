@@ -58,6 +58,8 @@ class OnnxFacts:
     input_dims: tuple[int | str, ...]  # str = symbolic (dim_param), 0/-1 = unknown
     has_fp16: bool
     has_qdq: bool
+    input_dtype: str = "float32"  # numpy name of the input's element type (raw input files are written in it)
+    output_name: str | None = None  # the first graph output
 
     @property
     def dynamic_batch(self) -> bool:
@@ -66,8 +68,10 @@ class OnnxFacts:
 
 
 def onnx_facts(path: Path) -> OnnxFacts:
-    """First graph input (name, dims), whether any tensor is FP16, whether it has Q/DQ nodes."""
+    """First graph input (name, dims, element type), first output, whether any tensor is FP16, whether it has
+    Q/DQ nodes."""
     import onnx
+    from onnx import helper
 
     m = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in m.graph.initializer}
@@ -80,7 +84,9 @@ def onnx_facts(path: Path) -> OnnxFacts:
     has_fp16 = any(i.type.tensor_type.elem_type == fp16 for i in inputs) or any(
         t.data_type == fp16 for t in m.graph.initializer)
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
-    return OnnxFacts(first.name, dims, has_fp16, has_qdq)
+    dtype = helper.tensor_dtype_to_np_dtype(first.type.tensor_type.elem_type).name
+    output = m.graph.output[0].name if m.graph.output else None
+    return OnnxFacts(first.name, dims, has_fp16, has_qdq, dtype, output)
 
 
 @dataclass(frozen=True)

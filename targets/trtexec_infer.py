@@ -25,48 +25,19 @@ import re
 import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import StageError
 from targets.devices import trt_major
+from targets.jetson import shape_arg, tensor_arg
+from targets.tensorrt import onnx_facts
 
 log = logging.getLogger("pipeline.jetson")
 
 SLOW_CALLS = 64  # more trtexec starts than this for one evaluation: say how to batch
 _NONFINITE = re.compile(r"(?<![\w\"])(-?)(nan|inf)(?![\w\"])", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class IoFacts:
-    """The ONNX's first input and first output, as the inference run needs them."""
-
-    input_name: str
-    input_dtype: np.dtype
-    batch: int | None  # None: dynamic batch
-    output_name: str
-
-
-def io_facts(onnx_path: Path) -> IoFacts:
-    import onnx
-    from onnx import helper
-
-    m = onnx.load(str(onnx_path), load_external_data=False)
-    inits = {i.name for i in m.graph.initializer}
-    inputs = [i for i in m.graph.input if i.name not in inits]
-    if not inputs or not m.graph.output:
-        raise StageError(f"{Path(onnx_path).name} needs one graph input and one output for device evaluation")
-    first = inputs[0].type.tensor_type
-    dim0 = first.shape.dim[0] if first.shape.dim else None
-    batch = None if dim0 is None or dim0.dim_param or dim0.dim_value <= 0 else int(dim0.dim_value)
-    return IoFacts(inputs[0].name, np.dtype(helper.tensor_dtype_to_np_dtype(first.elem_type)), batch,
-                   m.graph.output[0].name)
-
-
-def _arg_name(name: str) -> str:
-    return f"'{name}'" if ":" in name or "," in name else name  # trtexec's quoting for such names
 
 
 def infer_argv(trt_version: str, engine: str, input_name: str, input_file: str, output_json: str,
@@ -77,10 +48,10 @@ def infer_argv(trt_version: str, engine: str, input_name: str, input_file: str, 
     TRT 11 turned host/device transfers off by default; the inputs must reach the GPU, so
     ``--includeDataTransfers`` is passed there.
     """
-    a = [trtexec, f"--loadEngine={engine}", f"--loadInputs={_arg_name(input_name)}:{input_file}",
+    a = [trtexec, f"--loadEngine={engine}", f"--loadInputs={tensor_arg(input_name)}:{input_file}",
          f"--exportOutput={output_json}", "--iterations=1", "--warmUp=0", "--duration=0"]
     if shape is not None:
-        a.append(f"--shapes={_arg_name(input_name)}:{'x'.join(str(int(d)) for d in shape)}")
+        a.append(f"--shapes={shape_arg(input_name, shape)}")
     if (trt_major(trt_version) or 0) >= 11:
         a.append("--includeDataTransfers")
     if dla_core is not None:
@@ -126,8 +97,9 @@ class TrtexecRunner:
     def __init__(self, device, engine_path: Path, onnx_path: Path, trt_version: str, max_batch: int,
                  dla_core: int | None, logs_dir: Path) -> None:
         self.device, self.engine_path, self.trt_version = device, Path(engine_path), trt_version
-        self.io = io_facts(Path(onnx_path))
-        self.chunk = self.io.batch or max(1, int(max_batch))
+        self.facts = onnx_facts(Path(onnx_path))
+        self.batch = None if self.facts.dynamic_batch else int(self.facts.input_dims[0])  # None: dynamic
+        self.chunk = self.batch or max(1, int(max_batch))
         self.dla_core, self.logs_dir = dla_core, Path(logs_dir)
         self.calls = 0
         self._stack: ExitStack | None = None
@@ -165,15 +137,15 @@ class TrtexecRunner:
     def _run_chunk(self, x: np.ndarray) -> np.ndarray:
         assert self._session is not None and self._tmp is not None
         s, n = self._session, len(x)
-        if self.io.batch is not None and n < self.io.batch:  # static batch: pad, drop the padding after
-            x = np.concatenate([x, np.zeros((self.io.batch - n, *x.shape[1:]), x.dtype)])
+        if self.batch is not None and n < self.batch:  # static batch: pad, drop the padding after
+            x = np.concatenate([x, np.zeros((self.batch - n, *x.shape[1:]), x.dtype)])
         tag = f"eval-{self.calls:05d}"
         self.calls += 1
         local_in = self._tmp / f"{tag}.bin"
-        local_in.write_bytes(np.ascontiguousarray(x, dtype=self.io.input_dtype).tobytes())
+        local_in.write_bytes(np.ascontiguousarray(x, dtype=self.facts.input_dtype).tobytes())
         s.put(local_in, "eval-in.bin")
-        argv = infer_argv(self.trt_version, s.path("eval.plan"), self.io.input_name, s.path("eval-in.bin"),
-                          s.path("eval-out.json"), None if self.io.batch else x.shape, self.dla_core)
+        argv = infer_argv(self.trt_version, s.path("eval.plan"), self.facts.input_name, s.path("eval-in.bin"),
+                          s.path("eval-out.json"), None if self.batch else x.shape, self.dla_core)
         s.run(["rm", "-f", s.path("eval-out.json")], 60, check=False)
         r = s.run(argv, check=False)
         if r.returncode != 0 or not s.exists("eval-out.json"):
@@ -185,7 +157,7 @@ class TrtexecRunner:
                              hint=f"full log: logs/{self.engine_path.name}.{tag}.trtexec.log; "
                                   "target option accuracy_on: host evaluates through ONNX Runtime here instead")
         got = s.get("eval-out.json", self._tmp / f"{tag}.out.json")
-        y = parse_exported_output(got.read_text(errors="replace"), self.io.output_name)
+        y = parse_exported_output(got.read_text(errors="replace"), self.facts.output_name)
         if y.ndim == 0 or y.shape[0] != len(x):
             raise StageError(f"trtexec returned {y.shape} for a batch of {len(x)}",
                              hint="the engine's output is not batch-major; use accuracy_on: host")

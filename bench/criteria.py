@@ -2,7 +2,7 @@
 
 Criteria are taken from the registry at run time (``stages.score.CRITERIA``), so a criterion
 registered later gets its rows on the next run; weight-level (unstructured / N:M) forms are
-taken from ``stages.prune.masks.WEIGHT_CRITERIA``. Settings:
+taken from the criteria registry (``stages.score.weight_criteria()``). Settings:
 
 **default** (``example:digits-resnet``, ResNet-20 w32 on scikit-learn digits; metric top-1 % on
 the 450-image test split):
@@ -27,7 +27,7 @@ mean cosine similarity of the sentence embeddings to the dense model's over ever
   head's score is the sum of its channels' scores; :mod:`stages.load.minilm`) and P % of its FFN
   channels, pruned through the same ``Pruner``.
 - ``weights 50% unstructured`` and ``weights 2:4``: masks on every Linear layer by the
-  weight-level forms (``stages.prune.masks.sparsify``, layer by layer, STADE compensated), with
+  weight-level forms (``stages.prune.sparsify.sparsify``, layer by layer, STADE compensated), with
   plain ``|W|`` magnitude as the reference row.
 
 Calibration: the pipeline's ``ScoreContext`` defaults (4 batches of 64 samples): digits'
@@ -257,7 +257,7 @@ def criterion_names(patterns: list[str]) -> list[str]:
 
 def score(name: str, st: Setup, budget: Budget) -> Scored:
     """Run criterion ``name`` on a fresh copy of the model; time it and count its passes."""
-    from stages.prune.tp_adapter import PruneGraph
+    from stages.model.graph import PruneGraph
     from stages.score import CRITERIA, ScoreContext
 
     work = copy.deepcopy(st.model).eval()
@@ -329,7 +329,7 @@ def score_isolated(kind: str, name: str, budget: Budget, timeout: float | None, 
 
 def constant_scores(scores: dict[str, torch.Tensor], heads: dict[str, int] | None = None) -> bool:
     """Whether no group's scores (head scores for attention groups) tell its channels apart."""
-    from stages.load.minilm import head_scores
+    from stages.prune.plan import head_scores
 
     for gid, s in scores.items():
         s = head_scores(s, heads[gid]) if heads and gid in heads else s.double()
@@ -350,8 +350,8 @@ def scored(kind: str, name: str, args: argparse.Namespace, budget: Budget, st: S
 
 def bench_default(names: list[str], args: argparse.Namespace, budget: Budget,
                   log: Callable[[str], None], emit: Callable[[list[dict], dict], None]) -> list[dict]:
-    from stages.measure import TorchRunner, evaluate_top1
-    from stages.prune.tp_adapter import PruneGraph
+    from stages.evaluate import TorchRunner, evaluate_top1
+    from stages.model.graph import PruneGraph
     from stages.recover import DistillSettings
 
     pc, rc = PruneConfig(), RecoveryConfig()
@@ -375,7 +375,7 @@ def bench_default(names: list[str], args: argparse.Namespace, budget: Budget,
 
 
 def _default_criterion(name, args, budget, log, st, groups, kd, pc, rows) -> None:
-    from stages.measure import TorchRunner, evaluate_top1
+    from stages.evaluate import TorchRunner, evaluate_top1
     from stages.prune.apply import Pruner, PruneSettings
     from stages.prune.plan import make_plan, uniform_ratios
     from stages.recover import distill
@@ -439,7 +439,7 @@ def _allocated(allocation: dict[str, float], groups, ratios: Iterable[float], ma
 
 def bench_minilm(names: list[str], weight_names: list[str], args: argparse.Namespace, budget: Budget,
                  log: Callable[[str], None], emit: Callable[[list[dict], dict], None]) -> list[dict]:
-    from stages.prune.tp_adapter import PruneGraph
+    from stages.model.graph import PruneGraph
 
     pc = PruneConfig()
     st = setup("minilm", budget)
@@ -467,6 +467,7 @@ def bench_minilm(names: list[str], weight_names: list[str], args: argparse.Names
 def _minilm_criterion(name, args, budget, log, st, groups, heads, pc, rows) -> None:
     from stages.load import minilm
     from stages.prune.apply import Pruner, PruneSettings
+    from stages.prune.plan import heads_ffn_plan
 
     sc = scored("minilm", name, args, budget, st)
     if sc.na is None and constant_scores(sc.scores, heads):
@@ -479,7 +480,7 @@ def _minilm_criterion(name, args, budget, log, st, groups, heads, pc, rows) -> N
     pruner = Pruner(st.model, st.example, st.calib, PruneSettings(name, pc.recalibrate_bn, pc.recalibrate_batches))
     for label, r in settings:
         try:
-            plan = minilm.heads_ffn_plan(groups, heads, sc.scores, r, pc.round_to, meta={"criterion": name})
+            plan = heads_ffn_plan(groups, heads, sc.scores, r, pc.round_to, meta={"criterion": name})
             pruned = pruner.build(plan)
             cos = minilm.mean_cosine(st.dense, minilm.embed(pruned, st.batches))
         except Exception as e:
@@ -493,16 +494,19 @@ def _minilm_criterion(name, args, budget, log, st, groups, heads, pc, rows) -> N
 
 
 def weight_criteria() -> list[str]:
-    """The weight-level forms ``sparsify`` offers, plus the plain-magnitude reference."""
-    from stages.prune import masks
+    """The weight-level forms ``sparsify`` offers (declared in the criteria registry), each once, the
+    plain-magnitude reference last."""
+    from stages.score import CRITERIA
+    from stages.score import weight_criteria as declared
 
-    return [n for n in masks.WEIGHT_CRITERIA if n != WEIGHT_REF] + [WEIGHT_REF]
+    ref = CRITERIA.get(WEIGHT_REF).weight_masks
+    return [n for n in declared() if CRITERIA.get(n).weight_masks is not ref] + [WEIGHT_REF]
 
 
 def bench_minilm_weights(st: Setup, names: list[str], budget: Budget, log: Callable[[str], None]) -> list[dict]:
     from stages.load import minilm
-    from stages.prune import masks
-    from stages.score.calib_stats import calib_inputs
+    from stages.model.calib import calib_inputs
+    from stages.prune.sparsify import sparsify
 
     inputs = list(calib_inputs(st.calib, budget.calib_batches, budget.calib_batch_size))
     rows = []
@@ -517,7 +521,7 @@ def bench_minilm_weights(st: Setup, names: list[str], budget: Budget, log: Calla
                     if name == WEIGHT_REF:  # |W| needs no calibration pass
                         pruned, wm, rep = _magnitude_masks(work, pattern)
                     else:
-                        pruned, wm, rep = masks.sparsify(work, inputs, name, pattern)
+                        pruned, wm, rep = sparsify(work, inputs, name, pattern)
                 seconds = time.perf_counter() - t0
                 cos = minilm.mean_cosine(st.dense, minilm.embed(pruned, st.batches))
             except Exception as e:
@@ -533,7 +537,7 @@ def bench_minilm_weights(st: Setup, names: list[str], budget: Budget, log: Calla
 
 def _magnitude_masks(model: nn.Module, pattern: str):
     """Plain ``|W|`` masks on every Linear layer (per row / N:M as the other forms), no compensation."""
-    from stages.prune.masks import MaskSpec, apply_masks, build_masks, sparsity_report
+    from stages.model.masks import MaskSpec, apply_masks, build_masks, sparsity_report
 
     spec = MaskSpec.parse(pattern)
     layers = {n: None for n, m in model.named_modules() if isinstance(m, nn.Linear)}

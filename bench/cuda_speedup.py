@@ -48,11 +48,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python bench/cuda_speedup.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from pipeline.errors import PipelineError  # noqa: E402
+from core.errors import PipelineError  # noqa: E402
 from pipeline.versions import versions  # noqa: E402
 from stages.load.models import ModelRequest, load_model  # noqa: E402
-from stages.prune.plan import PruningPlan, apply_plan, macs_params, make_plan  # noqa: E402
-from stages.prune.tp_adapter import PruneGraph  # noqa: E402
+from stages.model.cost import macs_params  # noqa: E402
+from stages.model.graph import PruneGraph  # noqa: E402
+from stages.prune.plan import PruningPlan, apply_plan, make_plan  # noqa: E402
 from targets.base import MeasureSettings  # noqa: E402
 
 # name: (model spec, which groups to prune, channels_last by default)

@@ -43,12 +43,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import PipelineError
+from core.errors import PipelineError
 from pipeline.versions import versions
 from stages.export import ExportSettings, export_onnx
 from stages.load.models import LoadedModel, ModelRequest, load_model
-from stages.prune.plan import PruningPlan, apply_plan, macs_params, make_plan, uniform_ratios
-from stages.prune.tp_adapter import PruneGraph
+from stages.model.cost import macs_params
+from stages.model.graph import PruneGraph
+from stages.prune.plan import PruningPlan, apply_plan, make_plan, uniform_ratios
 from targets.base import Engine, MeasureSettings
 from targets.cpu import CpuTarget, cpu_name, physical_cores
 

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.errors import ConfigError, PipelineError
+from core.errors import ConfigError, PipelineError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prune a PyTorch model until a latency / memory / accuracy budget holds on the target device.")
@@ -66,7 +66,7 @@ def run(
     criterion: Annotated[Optional[str], typer.Option(help="scoring criterion (see `pipeline criteria`)")] = None,
     criterion_option: Annotated[Optional[list[str]], typer.Option(
         help="KEY=VALUE criterion parameter (repeatable; see `pipeline criteria`)")] = None,
-    search: Annotated[Optional[str], typer.Option(help="search strategy: global | greedy | optuna")] = None,
+    search: Annotated[Optional[str], typer.Option(help="search strategy (see `pipeline searches`)")] = None,
     policy: Annotated[Optional[Path], typer.Option(help="replay a policy.json instead of searching")] = None,
     recovery_steps: Annotated[Optional[int], typer.Option(help="distillation steps after pruning (0 = none)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="runtime threads (default: physical cores)")] = None,
@@ -185,6 +185,25 @@ def criteria(pattern: Annotated[str, typer.Argument(help="glob over names")] = "
 
 
 @app.command()
+def searches(pattern: Annotated[str, typer.Argument(help="glob over names")] = "*") -> None:
+    """List the search strategies: the objectives each serves and the tune.* keys it reads."""
+    from rich.console import Console as RC
+    from rich.table import Table
+
+    from search import SEARCHES
+
+    t = Table(show_edge=False)
+    for col in ("search", "objectives", "needs", "what", "tune options"):
+        t.add_column(col)
+    for name in SEARCHES.names(pattern):
+        s = SEARCHES.get(name)
+        needs = ", ".join(k for k, v in (("latency budget", s.needs_latency), ("criterion allocation (optional)",
+                                                                                s.uses_allocation)) if v)
+        t.add_row(name, ", ".join(s.objectives), needs, s.summary, ", ".join(s.options))
+    RC(highlight=False, width=200).print(t)
+
+
+@app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None:
     """Print the summary of a finished run and exit 0 / 1 by its verdict."""
     from pipeline.console import Console
@@ -210,7 +229,7 @@ def worker(
     device: Annotated[Optional[str], typer.Option(help="user@host[:port] of this worker's device (default: the run's)")] = None,
 ) -> None:
     """Join a `--search optuna` study and evaluate its trials on this machine's target."""
-    from pipeline.search_optuna import run_worker
+    from pipeline.worker import run_worker
 
     n, why = run_worker(study, storage, n_trials, timeout, device=device, log=typer.echo)
     typer.echo(f"{n} trials evaluated; {why}")

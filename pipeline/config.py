@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError, did_you_mean
+from core.errors import ConfigError, did_you_mean
 
 DEFAULT_MODEL = "example:digits-resnet"
 # examples/default.yaml, shipped inside the package as pipeline/default.yaml (a symlink in the
@@ -53,17 +53,30 @@ class PruneConfig(_Frozen):
     # weight sparsity on top of the channel plan: "0.5" (unstructured, per output row), "2:4", "4:8";
     # zeros in place, kept through recovery and export. Dense runtimes get no speedup from it.
     sparsity: str | None = None
-    sparsity_criterion: Literal["wanda", "stade", "magnitude"] = "wanda"
+    # a criterion with a weight-level form (declared in the criteria registry: weight_criteria())
+    sparsity_criterion: str = "wanda"
 
     @field_validator("sparsity")
     @classmethod
     def _sparsity_spec(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        from stages.prune.masks import MaskSpec
+        from stages.model.masks import MaskSpec
 
         MaskSpec.parse(str(v))  # raises ValueError with the accepted forms
         return str(v)
+
+    @field_validator("sparsity_criterion")
+    @classmethod
+    def _weight_criterion(cls, v: str) -> str:
+        from core.errors import ConfigError
+        from stages.score import weight_mask_builder
+
+        try:
+            weight_mask_builder(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return v
 
 
 class RecoveryConfig(_Frozen):
@@ -77,7 +90,7 @@ class RecoveryConfig(_Frozen):
     # gradient-flow soft pruning: over this many steps the pruned channels' masks decay to 0 while
     # the model trains, before the hard removal; 0 = hard prune first (the default)
     soft_steps: int = Field(0, ge=0)
-    # [RECON] the soft phase (stages/soft_masks.py): removed masks move by m <- clip(m - eta * dE/dm, 0, 1 - k/K),
+    # [RECON] the soft phase (stages/recover/soft.py): removed masks move by m <- clip(m - eta * dE/dm, 0, 1 - k/K),
     # E = KD loss + beta * sum(S~ * m), S~ the gradient-flow saliency over its mean |S|; S recomputed every
     # soft_rescore steps (0 = once, at the start)
     soft_beta: float = Field(0.01, ge=0)
@@ -137,7 +150,7 @@ class RunConfig(_Frozen):
     constraints: Constraints = Constraints()
     criterion: str = "magnitude-l2"
     criterion_options: dict[str, Any] = Field(default_factory=dict)  # the criterion's free parameters
-    search: Literal["global", "greedy", "optuna"] = "global"
+    search: str = "global"  # a registered search (`pipeline searches`); checked before any work
     policy: str | None = None
     seed: int = 0
     trust_checkpoint: bool = False

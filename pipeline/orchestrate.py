@@ -6,8 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+from core.errors import ConfigError
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError
 from pipeline.runner import RunState, default_run_dir, execute, prepare_run_dir
 
 log = logging.getLogger("pipeline")
@@ -51,6 +51,7 @@ def plan_text(cfg: RunConfig, out: Path | None) -> str:
 
 def check_names(cfg: RunConfig) -> None:
     """Fail before any work (and before a run folder exists) on names that cannot resolve."""
+    from search import SEARCHES
     from stages.load.data import DATA_SOURCES
     from stages.load.models import MODEL_SOURCES
     from stages.prune.plan import PruningPlan
@@ -64,6 +65,8 @@ def check_names(cfg: RunConfig) -> None:
         PruningPlan.from_file(Path(cfg.policy))
     else:
         CRITERIA.get(cfg.criterion).resolve_options(cfg.criterion_options)
+        c = cfg.constraints
+        SEARCHES.get(cfg.search).check(cfg.objective, c.latency_ms is not None or c.speedup is not None)
 
 
 def run_pipeline(cfg: RunConfig, out: Path | None, resume: bool, ui) -> bool:

@@ -14,42 +14,33 @@ import json
 from pathlib import Path
 from typing import Any
 
+from core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipeline.config import RunConfig
-from pipeline.manifest import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipeline.versions import versions
+from search.budget import Budgets, Observed, verdict
 
 
-def verdict(cfg: RunConfig, base: dict, final: dict, speedup: float) -> dict:
-    """Check every constraint against the final measurement; say which failed and by how much.
+def constraints_section(cfg: RunConfig, base: dict, final: dict, speedup: float) -> dict:
+    """report.json's ``constraints``: every budget checked against the final measurement by the one
+    :func:`search.budget.verdict`, with the sentence per violation.
 
     ``speedup`` is the median over interleaved rounds of baseline / final round medians.
     """
     c = cfg.constraints
-    b_med, f_med = base["latency_ms"]["median"], final["latency_ms"]["median"]
-    v: list[str] = []
-    if c.speedup is not None and speedup < c.speedup:
-        v.append(f"speedup {speedup:.2f}x < required {c.speedup:.2f}x (short by {100 * (1 - speedup / c.speedup):.1f}%; "
-                 f"baseline {b_med:.3f} ms, final {f_med:.3f} ms)")
-    if c.latency_ms is not None and f_med > c.latency_ms:
-        v.append(f"latency {f_med:.3f} ms > budget {c.latency_ms:.3f} ms (over by {f_med - c.latency_ms:.3f} ms, "
-                 f"{100 * (f_med / c.latency_ms - 1):.1f}%)")
-    if c.memory_mb is not None and final["memory_mb"] > c.memory_mb:
-        v.append(f"memory {final['memory_mb']:.1f} MB > budget {c.memory_mb:.1f} MB "
-                 f"(over by {final['memory_mb'] - c.memory_mb:.1f} MB)")
-    if c.max_accuracy_drop is not None and base.get("accuracy") is not None and final.get("accuracy") is not None:
-        drop = base["accuracy"] - final["accuracy"]
-        if drop > c.max_accuracy_drop + 1e-9:
-            v.append(f"{final['accuracy_metric']} drop {drop:.2f} pts > allowed {c.max_accuracy_drop:.2f} pts "
-                     f"({base['accuracy']:.2f}% -> {final['accuracy']:.2f}%)")
+    budgets = Budgets(c.latency_ms, c.memory_mb, c.max_accuracy_drop,
+                      base.get("accuracy") if final.get("accuracy") is not None else None, speedup=c.speedup)
+    v = verdict(budgets, Observed(final["latency_ms"]["median"], final["memory_mb"], speedup, final.get("accuracy"),
+                                  final.get("accuracy_metric") or "accuracy"),
+                baseline_ms=base["latency_ms"]["median"])
     return {"latency_ms": c.latency_ms, "speedup": c.speedup, "memory_mb": c.memory_mb,
-            "max_accuracy_drop": c.max_accuracy_drop, "met": not v, "violations": v}
+            "max_accuracy_drop": c.max_accuracy_drop, "met": v.met, "violations": v.violations}
 
 
 def build_report(state: Any) -> dict:
     cfg: RunConfig = state.cfg
     base, final = state.final["baseline"], state.final["final"]
     speedup = state.final.get("speedup") or base["latency_ms"]["median"] / final["latency_ms"]["median"]
-    cons = verdict(cfg, base, final, speedup)
+    cons = constraints_section(cfg, base, final, speedup)
     tune = state.tune or {}
     return {
         "format": "edge-pipeline/report-v1",
@@ -87,7 +78,7 @@ def sparsity_section(state: Any) -> dict | None:
         return None
     import torch
 
-    from stages.prune.masks import MaskSpec, sparsity_report
+    from stages.model.masks import MaskSpec, sparsity_report
 
     saved = torch.load(path, weights_only=True)
     rep = sparsity_report(state.pruned, layers=list(saved["pruned"]), spec=MaskSpec.parse(saved["pattern"]))
@@ -135,7 +126,7 @@ def _png(fig) -> bytes:
 
 def keep_ratios_png(report: dict) -> bytes:
     """The chosen keep ratio (kept / original channels) of every prunable group, one bar per group."""
-    from pipeline.families import natural_key
+    from search.families import natural_key
 
     groups = report["policy"]["groups"]
     ids = sorted(groups, key=natural_key)

@@ -25,16 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import ConfigError, PipelineError, StageError
+from core.io import atomic_torch_save, atomic_write_json, digest, sha256_file
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError, PipelineError, StageError
-from pipeline.manifest import (
-    Manifest,
-    StageRecord,
-    atomic_torch_save,
-    atomic_write_json,
-    digest,
-    sha256_file,
-)
+from pipeline.manifest import Manifest, StageRecord
 from pipeline.versions import versions
 from stages.load.models import PRUNED_FORMAT as PLAN_FORMAT
 
@@ -159,7 +153,7 @@ def save_pruned(path: Path, model: nn.Module, plan, spec: str, extra: dict | Non
 
 def load_pruned(path: Path, base: nn.Module, example: torch.Tensor) -> tuple[nn.Module, Any]:
     """Rebuild a pruned model: replay the plan on ``base`` (not modified), load the weights."""
-    from stages.prune.compensate import ensure_bias_params
+    from stages.model.bias import ensure_bias_params
     from stages.prune.plan import PruningPlan, apply_plan
 
     blob = torch.load(path, map_location="cpu", weights_only=True)

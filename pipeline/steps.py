@@ -9,46 +9,33 @@ from pathlib import Path
 
 import torch
 
-from pipeline.candidates import CandidateEvaluator
-from pipeline.errors import ConfigError, SpecError, StageError
-from pipeline.manifest import atomic_torch_save
+from core.errors import ConfigError, SpecError, StageError
+from core.io import atomic_torch_save, sha256_file
+from core.records import Measurement
+from pipeline import settings
 from pipeline.report import build_report, write_report
 from pipeline.runner import RunState, Stage, load_pruned, read_json, save_pruned, write_json
-from pipeline.tuner import Budgets, SearchLimits, search_global
-from stages.export import ExportSettings, check_parity, export_onnx
+from pipeline.settings import distill_settings, export_settings, measure_settings
+from search import SEARCHES, SearchContext
+from search.evaluator import Subject
+from stages.evaluate import TorchRunner, evaluate_top1
+from stages.export import check_parity, export_onnx
 from stages.load.data import load_data, with_model_labels
 from stages.load.models import ModelRequest, load_model
-from stages.measure import TorchRunner, evaluate_top1, measurement_record
-from stages.prune.apply import Pruner, PruneSettings
-from stages.prune.depth import drop_blocks, removable_blocks
-from stages.prune.masks import reapply_masks
-from stages.prune.plan import PruningPlan, apply_plan, macs_params
-from stages.prune.tp_adapter import PruneGraph
-from stages.recover import DistillSettings, distill
+from stages.model.blocks import drop_blocks
+from stages.model.cost import macs_params
+from stages.model.graph import PruneGraph
+from stages.model.masks import reapply_masks
+from stages.prune.apply import Pruner
+from stages.prune.plan import PruningPlan, apply_plan
+from stages.recover import distill
 from stages.score import CRITERIA, ScoreContext, ScoreResult
-from targets.base import MeasureSettings, build_engine
+from targets.base import build_engine
 from targets.ort_runner import OrtRunner
 
 
 def _example(state: RunState, batch: int = 2) -> torch.Tensor:
     return torch.zeros((batch, *state.loaded.input_shape))
-
-
-def _export_settings(state: RunState) -> ExportSettings:
-    e = state.cfg.export
-    return ExportSettings(opset=e.opset, exporter=e.exporter, atol=e.atol, rtol=e.rtol)
-
-
-def _measure_settings(state: RunState, candidate: bool = False) -> MeasureSettings:
-    m = state.cfg.measure
-    duration = m.candidate_duration_s if candidate else m.min_duration_s
-    return MeasureSettings(m.threads, m.batch, m.warmup_s, duration, m.min_iters)
-
-
-def _distill_settings(state: RunState, steps: int) -> DistillSettings:
-    r = state.cfg.recovery
-    return DistillSettings(steps=steps, batch_size=r.batch_size, lr=r.lr, temperature=r.temperature,
-                           alpha=r.alpha, seed=state.cfg.seed)
 
 
 def _parity_inputs(state: RunState) -> torch.Tensor:
@@ -58,8 +45,9 @@ def _parity_inputs(state: RunState) -> torch.Tensor:
 
 # ------------------------------------------------------------------ load
 
-def s_load(state: RunState) -> dict:
-    cfg = state.cfg
+def load_inputs(cfg) -> tuple:
+    """The model and data of ``cfg`` (seeded; unlabeled data get the model's own labels): the load stage
+    and every ``pipeline worker`` load them here."""
     torch.manual_seed(cfg.seed)
     lm = load_model(ModelRequest(cfg.model, cfg.arch, cfg.input_shape, cfg.trust_checkpoint))
     data = load_data(cfg.data, lm.input_shape)
@@ -68,6 +56,11 @@ def s_load(state: RunState) -> dict:
                         hint="pass --input-shape or use matching data")
     if not data.labeled:
         data = with_model_labels(data, lm.module)
+    return lm, data
+
+
+def s_load(state: RunState) -> dict:
+    lm, data = load_inputs(state.cfg)
     state.loaded, state.data = lm, data
     macs, params = macs_params(lm.module, lm.input_shape)
     return {"model": lm.spec, "params": params, "macs": macs, "input_shape": list(lm.input_shape),
@@ -81,17 +74,17 @@ def s_load(state: RunState) -> dict:
 def s_baseline(state: RunState) -> dict:
     lm, data = state.loaded, state.data
     path = state.run_dir / "baseline.onnx"
-    exp = export_onnx(lm.module, lm.input_shape, path, _export_settings(state))
+    exp = export_onnx(lm.module, lm.input_shape, path, export_settings(state.cfg))
     with OrtRunner(path) as r:
         parity = check_parity(lm.module, r, _parity_inputs(state), state.cfg.export.atol, state.cfg.export.rtol)
     engine = _build_engine(state, "baseline.onnx", lm.module)
-    timing = state.target.measure([engine], _measure_settings(state), rounds=state.cfg.measure.final_rounds)[0]
+    timing = state.target.measure([engine], measure_settings(state.cfg), rounds=state.cfg.measure.final_rounds)[0]
     with state.target.runner(engine) as r:
         test_acc = evaluate_top1(r, data.test)
     calib_acc = evaluate_top1(TorchRunner(lm.module), data.calib)
     macs, params = macs_params(lm.module, lm.input_shape)
-    rec = measurement_record(timing, onnx_bytes=exp["onnx_bytes"], params=params, macs=macs,
-                             accuracy=test_acc, metric=data.metric)
+    rec = Measurement.from_timing(timing, onnx_bytes=exp["onnx_bytes"], params=params, macs=macs,
+                                  accuracy=test_acc, metric=data.metric).to_json()
     state.baseline = {"record": rec, "calib_accuracy": calib_acc, "parity": parity, "export": exp}
     write_json(state, "baseline.json", state.baseline)
     return {"latency_ms": rec["latency_ms"]["median"], "accuracy": test_acc, "calib_accuracy": calib_acc,
@@ -155,31 +148,16 @@ def _base(state: RunState):
 
 
 def _depth_prune(state: RunState, crit) -> dict:
-    """``prune.depth_blocks``: score the loaded model's removable blocks with LD-Pruner and drop the
-    lowest; sets ``state.drop_blocks``. With ``--criterion ld-pruner`` its options (``latent``,
+    """``prune.depth_blocks``: drop the loaded model's lowest-scoring residual blocks (LD-Pruner's block
+    score); sets ``state.drop_blocks``. With ``--criterion ld-pruner`` its options (``latent``,
     ``samples``) apply, so these are the block scores that criterion gives, without its channel pass."""
-    import time
+    from stages.prune.depth import choose_blocks
 
-    from stages.score.calib_stats import calib_inputs
-    from stages.score.ld_pruner import LATENT, SAMPLES, calib_samples, score_blocks
-
-    n = state.cfg.prune.depth_blocks
-    model = copy.deepcopy(state.loaded.module).eval()
-    names = removable_blocks(model, _example(state))
-    if n > len(names):
-        raise ConfigError(f"prune.depth_blocks = {n} but the model has {len(names)} removable residual blocks"
-                          + (f" ({', '.join(names)})" if names else ""),
-                          hint=f"set prune.depth_blocks to at most {len(names)}" if names else
-                          "set prune.depth_blocks: 0 (depth pruning needs residual blocks with identity shortcuts)")
     opts = crit.resolve_options(state.cfg.criterion_options) if crit.name == "ld-pruner" else {}
-    latent = str(opts.get("latent", LATENT))
-    batches = calib_samples(calib_inputs(state.data.calib, 4), int(opts.get("samples", SAMPLES)))
-    t0 = time.perf_counter()
-    scores, passes = score_blocks(model, batches, names, latent)
-    order = sorted(names, key=lambda b: (scores[b], names.index(b)))  # lowest first, ties by position
-    state.drop_blocks = tuple(b for b in names if b in order[:n])
-    return {"dropped": list(state.drop_blocks), "block_scores": scores, "latent": latent,
-            "passes": {"forward": passes["forward"]}, "seconds": round(time.perf_counter() - t0, 3)}
+    kw = {k: opts[k] for k in ("latent", "samples") if k in opts}
+    depth = choose_blocks(state.loaded.module, _example(state), state.data.calib, state.cfg.prune.depth_blocks, **kw)
+    state.drop_blocks = tuple(depth["dropped"])
+    return depth
 
 
 # ------------------------------------------------------------------ tune
@@ -194,33 +172,23 @@ def s_tune(state: RunState) -> dict:
     cfg = state.cfg
     if cfg.policy:
         return _replay_policy(state, Path(cfg.policy))
-    base = state.baseline
-    c = cfg.constraints
-    lat_budget = c.latency_ms if c.latency_ms is not None else (
-        base["record"]["latency_ms"]["median"] / c.speedup if c.speedup else None)
-    budgets = Budgets(lat_budget, c.memory_mb, c.max_accuracy_drop, base["calib_accuracy"])
+    strategy = SEARCHES.get(cfg.search)
+    base_ms = state.baseline["record"]["latency_ms"]["median"]
+    budgets = settings.budgets(cfg, state.baseline["calib_accuracy"])
+    strategy.check(cfg.objective, budgets.has_latency)
     model = _base(state)  # depth-pruned when prune.depth_blocks > 0
     groups = _graph(state, copy.deepcopy(model)).groups()
-    ev = CandidateEvaluator(
-        model=model, sample_shape=state.loaded.input_shape, data=state.data, groups=groups, scores=state.scores,
-        round_to=cfg.prune.round_to, ignore=cfg.prune.ignore, pruner=_pruner(state), target=state.target,
-        measure=_measure_settings(state, candidate=True), rounds=cfg.measure.candidate_rounds,
-        baseline_onnx=state.run_dir / "baseline.onnx", baseline_latency_ms=base["record"]["latency_ms"]["median"],
-        export=_export_settings(state), distill=_distill_settings(state, cfg.recovery.tune_steps
-                                                                  if cfg.recovery.method != "none" else 0),
-        workdir=state.run_dir / "candidates",
-        allocation=getattr(state.score_result, "allocation", None) if cfg.search == "global" else None,
-        max_ratio=cfg.prune.max_ratio)
-    t = cfg.tune
-    limits = SearchLimits(cfg.prune.max_ratio, t.step, t.min_step, t.max_candidates, t.time_limit_s, t.latency_margin)
-    extra: dict = {}
-    if cfg.search == "greedy":
-        res, extra = _greedy(state, ev, groups, budgets, limits)
-    elif cfg.search == "optuna":
-        res, extra = _optuna(state, ev, groups, budgets, limits)
-    else:
-        with _search_bar(state, "global") as tick:
-            res = search_global(ev, cfg.objective, budgets, limits, log=state.ui.note, progress=tick)
+    allocation = getattr(state.score_result, "allocation", None) if strategy.uses_allocation else None
+    ev = settings.build_evaluator(cfg, Subject(model, tuple(state.loaded.input_shape), state.data, groups,
+                                               state.scores, allocation), state.target,
+                                  workdir=state.run_dir / "candidates", baseline_onnx=state.run_dir / "baseline.onnx",
+                                  baseline_latency_ms=base_ms)
+    ctx = SearchContext(ev, groups, cfg.objective, budgets, settings.search_limits(cfg),
+                        settings.tune_settings(cfg, state.run_dir), cfg.prune.round_to, base_ms, seed=cfg.seed,
+                        lut_key=_lut_key(state), example=_example(state, 1), run_spec=lambda: _run_spec(state, groups),
+                        log=state.ui.note, progress=lambda what: _search_bar(state, what))
+    outcome = strategy.run(ctx)
+    res = outcome.result
     shutil.rmtree(state.run_dir / "candidates", ignore_errors=True)
     if res.chosen is None:
         raise StageError("the search evaluated no candidate", hint="raise tune.max_candidates or tune.time_limit_s")
@@ -228,76 +196,31 @@ def s_tune(state: RunState) -> dict:
     plan = PruningPlan(plan.groups, plan.ignore, {**plan.meta, "criterion": cfg.criterion, "objective": cfg.objective},
                        state.drop_blocks)
     state.plan = plan
-    state.tune = {"budgets": vars(budgets), "stop_reason": res.stop_reason, "log": res.log,
-                  "candidates": [c.to_json() for c in res.candidates], "evaluations": ev.evaluations, **extra}
+    state.tune = {"budgets": budgets.to_json(), "stop_reason": res.stop_reason, "log": res.log,
+                  "candidates": [c.to_json() for c in res.candidates], "evaluations": ev.evaluations, **outcome.extra}
     write_json(state, "policy.json", plan.to_json())
     write_json(state, "candidates.json", state.tune)
-    ch = res.chosen
+    ch, limit = res.chosen, budgets.latency_limit_ms(base_ms)
     return {"candidates": len(res.candidates), "chosen_ratio": ch.ratio, "stop_reason": res.stop_reason,
             "_summary": f"{len(res.candidates)} candidates; ratio {ch.ratio:.3f} -> {ch.latency_ms:.3f} ms "
-                        f"(budget {lat_budget:.3f} ms)" if lat_budget else
+                        f"(budget {limit:.3f} ms)" if limit else
                         f"{len(res.candidates)} candidates; ratio {ch.ratio:.3f}"}
 
 
-def _greedy(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, limits: SearchLimits):
-    from pipeline.greedy import GreedySettings, search_greedy
-    from pipeline.lut import build_lut, layer_terms
-    from pipeline.manifest import sha256_file
-
-    cfg, t = state.cfg, state.cfg.tune
-    # prune.round_to null (or 1): no fixed rounding; the widths come from the measured staircase
-    staircase = cfg.prune.round_to is None or cfg.prune.round_to <= 1
-    settings = GreedySettings(t.initial_reduction, t.decay, t.lut_points, uniform=t.uniform, families=t.families,
-                              staircase=staircase)
-    ms = _measure_settings(state, candidate=True)
-    key_parts = {"target_desc": state.target.describe(ms.threads), "sample_shape": state.loaded.input_shape,
-                 "model_hash": sha256_file(state.run_dir / "baseline.onnx"), "batch": ms.batch}
-    base_ms = state.baseline["record"]["latency_ms"]["median"]
-    with _search_bar(state, "latency LUT") as tick:
-        lut = build_lut(groups, ev.speedups, base_ms, cfg.prune.round_to, t.lut_points, key_parts, log=state.ui.note,
-                        staircase=staircase, progress=tick)
-    try:  # which conv / linear layers each group scales: the LUT's interaction model
-        lut.layers = layer_terms(copy.deepcopy(ev.model), _example(state, 1), groups)
-    except Exception as e:  # noqa: BLE001 - an exotic model: the additive model still works
-        state.ui.note(f"LUT: no layer structure ({type(e).__name__}: {e}); predicting with the additive model")
-    with _search_bar(state, "greedy") as tick:
-        res = search_greedy(ev, lut, cfg.objective, budgets, limits, settings, cfg.prune.round_to, log=state.ui.note,
-                            progress=tick)
-    full = {g.id: g.width for g in groups}
-    cal = lut.calibration(full)
-    if cal["n"]:
-        loo = (f"leave-one-out mean {100 * cal['mean_abs_rel_err']:.1f}%, max {100 * cal['max_abs_rel_err']:.1f}%"
-               if cal["mean_abs_rel_err"] is not None else "no leave-one-out error (one point)")
-        state.ui.note(f"LUT ({cal['model']}) vs {cal['n']} full measurements: {loo}; uncalibrated mean "
-                      f"{100 * cal['raw']['mean_abs_rel_err']:.1f}% (additive model "
-                      f"{100 * cal['additive_raw']['mean_abs_rel_err']:.1f}%)")
-    extra = {"lut": lut.to_json(), "lut_calibration": cal, "uniform": t.uniform}
-    if staircase:
-        extra["staircase"] = {g.id: lut.bottoms(g.id, g.width) for g in groups}
-    return res, extra
+def _lut_key(state: RunState) -> dict:
+    """What a cached latency LUT depends on: the target, the input, the unpruned ONNX and the batch."""
+    ms = measure_settings(state.cfg, candidate=True)
+    return {"target_desc": state.target.describe(ms.threads), "sample_shape": state.loaded.input_shape,
+            "model_hash": sha256_file(state.run_dir / "baseline.onnx"), "batch": ms.batch}
 
 
-def _optuna(state: RunState, ev: CandidateEvaluator, groups, budgets: Budgets, limits: SearchLimits):
-    from pipeline.families import families
-    from pipeline.search_optuna import make_run_spec, redact_url, search_optuna
+def _run_spec(state: RunState, groups) -> dict:
+    """What ``pipeline worker`` processes need to rebuild this run's evaluator (``search: optuna``)."""
+    from pipeline.worker import make_run_spec
 
-    cfg, t = state.cfg, state.cfg.tune
-    if t.uniform and t.families == "group":
-        raise ConfigError("--uniform needs families of several groups, not tune.families 'group'",
-                          hint="set tune.families to stage or block, or drop --uniform")
-    storage = t.storage or f"sqlite:///{(state.run_dir / 'study.db').resolve()}"
-    study = t.study or f"edge-{state.run_dir.resolve().name}"
-    base_ms = state.baseline["record"]["latency_ms"]["median"]
-    run_spec = make_run_spec(cfg, model=state.loaded.module, groups=groups, scores=state.scores,
-                             baseline_latency_ms=base_ms)
-    state.ui.note(f"more machines: pipeline worker --study {study} --storage {redact_url(storage)}")
-    with _search_bar(state, "optuna") as tick:
-        res = search_optuna(ev, cfg.objective, budgets, limits, families=families(groups, t.families),
-                            storage=storage, study_name=study, sampler=t.sampler, seed=cfg.seed, log=state.ui.note,
-                            step=t.keep_step, recover_top=t.recover_top, run_spec=run_spec, uniform=t.uniform,
-                            progress=tick)
-    return res, {"optuna": {"storage": redact_url(storage), "study": study, "sampler": t.sampler,
-                            "families": t.families}, "uniform": t.uniform}
+    return make_run_spec(state.cfg, model=state.loaded.module, groups=groups, scores=state.scores,
+                         baseline_latency_ms=state.baseline["record"]["latency_ms"]["median"],
+                         drop_blocks=state.drop_blocks)
 
 
 def _replay_policy(state: RunState, path: Path) -> dict:
@@ -318,11 +241,9 @@ def r_tune(state: RunState) -> None:
 # ------------------------------------------------------------------ prune
 
 def _pruner(state: RunState) -> Pruner:
-    p = state.cfg.prune
     criterion = state.plan.meta.get("criterion", state.cfg.criterion) if state.cfg.policy and state.plan \
         else state.cfg.criterion
-    return Pruner(_base(state), _example(state), state.data.calib,
-                  PruneSettings(str(criterion), p.recalibrate_bn, p.recalibrate_batches))
+    return Pruner(_base(state), _example(state), state.data.calib, settings.prune_settings(state.cfg, str(criterion)))
 
 
 def s_prune(state: RunState) -> dict:
@@ -346,8 +267,9 @@ def s_prune(state: RunState) -> dict:
 def _sparsify(state: RunState, pruned) -> dict:
     """Weight masks on top of the channel plan (``prune.sparsity``); masks saved to masks.pt so
     recovery can hold the zeros."""
-    from stages.prune.masks import output_layer, sparsify
-    from stages.score.calib_stats import calib_inputs
+    from stages.model.calib import calib_inputs
+    from stages.model.masks import output_layer
+    from stages.prune.sparsify import sparsify
 
     p = state.cfg.prune
     inputs = list(calib_inputs(state.data.calib, 4))
@@ -386,7 +308,7 @@ def s_recover(state: RunState) -> dict:
                     reapply_masks(student, masks)
                 tick(step, loss)
 
-            rec = distill(student, state.loaded.module, state.data.train, _distill_settings(state, r.steps),
+            rec = distill(student, state.loaded.module, state.data.train, distill_settings(state.cfg, r.steps),
                           state.data.labeled, on_step=on_step)
     state.pruned = student
     save_pruned(out, student, state.plan, state.loaded.spec)
@@ -402,14 +324,14 @@ def _saved_masks(state: RunState) -> dict | None:
 
 def _soft_recover(state: RunState):
     """``recovery.soft_steps > 0``: gradient-flow soft masks on the unpruned model, then the plan's
-    hard removal, then plain KD for the remaining steps (``stages/soft_masks.py``)."""
-    from stages.soft_masks import SoftSettings, soft_prune
+    hard removal, then plain KD for the remaining steps (``stages/recover/soft.py``)."""
+    from stages.recover.soft import SoftSettings, soft_prune
 
     r = state.cfg.recovery  # soft_steps <= steps and no prune.sparsity: checked by RunConfig
     with state.ui.progress("soft masks + distill", r.steps) as tick:
         return soft_prune(state.loaded.module, state.plan, _example(state), state.data.train, state.data.calib,
                           SoftSettings(r.soft_steps, r.soft_beta, r.soft_eta, r.soft_rescore),
-                          _distill_settings(state, r.steps), state.data.labeled, on_step=tick)
+                          distill_settings(state.cfg, r.steps), state.data.labeled, on_step=tick)
 
 
 def r_recover(state: RunState) -> None:
@@ -420,7 +342,7 @@ def r_recover(state: RunState) -> None:
 
 def s_export(state: RunState) -> dict:
     path = state.run_dir / "model.onnx"
-    exp = export_onnx(state.pruned, state.loaded.input_shape, path, _export_settings(state))
+    exp = export_onnx(state.pruned, state.loaded.input_shape, path, export_settings(state.cfg))
     with OrtRunner(path) as r:
         parity = check_parity(state.pruned, r, _parity_inputs(state), state.cfg.export.atol, state.cfg.export.rtol)
     write_json(state, "parity.json", {"export": exp, "parity": parity})
@@ -447,7 +369,7 @@ def s_measure(state: RunState) -> dict:
     lm, data = state.loaded, state.data
     base_engine = _build_engine(state, "baseline.onnx", lm.module)
     final_engine = _build_engine(state, "model.onnx", state.pruned)
-    timings = state.target.measure([base_engine, final_engine], _measure_settings(state),
+    timings = state.target.measure([base_engine, final_engine], measure_settings(state.cfg),
                                    rounds=state.cfg.measure.final_rounds)
     accs = []
     for eng in (base_engine, final_engine):
@@ -455,10 +377,10 @@ def s_measure(state: RunState) -> dict:
             accs.append(evaluate_top1(r, data.test))
     bm, bp = macs_params(lm.module, lm.input_shape)
     fm, fp = macs_params(state.pruned, lm.input_shape)
-    base = measurement_record(timings[0], onnx_bytes=(state.run_dir / "baseline.onnx").stat().st_size,
-                              params=bp, macs=bm, accuracy=accs[0], metric=data.metric)
-    final = measurement_record(timings[1], onnx_bytes=(state.run_dir / "model.onnx").stat().st_size,
-                               params=fp, macs=fm, accuracy=accs[1], metric=data.metric)
+    base = Measurement.from_timing(timings[0], onnx_bytes=(state.run_dir / "baseline.onnx").stat().st_size,
+                                   params=bp, macs=bm, accuracy=accs[0], metric=data.metric).to_json()
+    final = Measurement.from_timing(timings[1], onnx_bytes=(state.run_dir / "model.onnx").stat().st_size,
+                                    params=fp, macs=fm, accuracy=accs[1], metric=data.metric).to_json()
     state.final = {"baseline": base, "final": final}
     write_json(state, "final.json", state.final)
     sp = timings[1]["ratio_to_first"]

@@ -4,9 +4,10 @@
 2. ``onnx.checker`` (full check, with shape inference).
 3. onnx-graphsurgeon sanitize: fold constants, cleanup, toposort, shape inference, repeated
    until the node count stops shrinking (the loop of TensorRT's efficientdet sample).
-4. Parity gate: ONNX Runtime vs PyTorch on calibration inputs, per output ``max_abs`` and
-   ``max_rel``; an element fails when ``|ort - torch| > atol + rtol * |torch|``. Any failure
-   raises :class:`ParityError` listing every output's diffs; nothing is "exported with a warning".
+4. Parity gate: ONNX Runtime vs PyTorch on calibration inputs through the one validator
+   (:mod:`core.parity`: names, shapes, then values; an element fails when
+   ``|ort - torch| > atol + rtol * |torch|``). Any failure raises a ``ParityError`` listing every
+   output's diffs; nothing is "exported with a warning".
 
 Exporter choice: the TorchScript ("legacy") exporter is the default. On this CPU it exports the
 default ResNet-20 in ~0.3 s and byte-for-byte reproducibly; the torch.export ("dynamo") exporter
@@ -22,12 +23,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from pipeline.errors import ParityError, StageError
+from core.errors import StageError
+from core.parity import Tolerance, compare_outputs
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -110,35 +111,17 @@ def sanitize(model: onnx.ModelProto, max_passes: int = 5) -> onnx.ModelProto:
 
 
 def check_parity(model: nn.Module, runner, inputs: torch.Tensor, atol: float, rtol: float) -> dict:
-    """Compare ONNX Runtime (``runner``) with PyTorch on ``inputs``; raise ParityError on a breach.
+    """Compare ONNX Runtime (``runner``) with PyTorch on ``inputs`` (:func:`core.parity.compare_outputs`).
 
-    Returns per-output ``max_abs``, ``max_rel`` (relative to ``|torch|``, elements with
-    ``|torch| > 1e-6`` only) and the fraction of failing elements.
+    Returns per-output ``max_abs``, ``max_rel``, ``median_abs``, ``fail_frac``, ``atol``, ``rtol``;
+    raises :class:`~core.errors.ShapeMismatch` / :class:`~core.errors.ToleranceExceeded` (both
+    ``ParityError``) on a breach.
     """
     with torch.no_grad():
         ref = model.eval()(inputs)
     refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
     outs = runner.run_all(inputs.numpy())
     names = getattr(runner, "output_names", [f"output{i}" for i in range(len(outs))])
-    if len(outs) != len(refs):
-        raise ParityError(f"ONNX has {len(outs)} outputs, torch has {len(refs)}", hint="check the export")
-    record, failures = {}, []
-    for name, r, o in zip(names, refs, outs):
-        r = r.detach().numpy()
-        if r.shape != o.shape:
-            failures.append(f"{name}: shape {o.shape} != torch {r.shape}")
-            continue
-        diff = np.abs(o.astype(np.float64) - r.astype(np.float64))
-        mag = np.abs(r.astype(np.float64))
-        rel = diff[mag > 1e-6] / mag[mag > 1e-6]
-        bad = diff > atol + rtol * mag
-        rec = {"max_abs": float(diff.max(initial=0.0)), "max_rel": float(rel.max(initial=0.0)),
-               "fail_frac": float(bad.mean()) if bad.size else 0.0, "atol": atol, "rtol": rtol}
-        record[name] = rec
-        if bad.any():
-            failures.append(f"{name}: max_abs {rec['max_abs']:.3g}, max_rel {rec['max_rel']:.3g}, "
-                            f"{100 * rec['fail_frac']:.2f}% of elements over atol={atol:g} + rtol={rtol:g}*|ref|")
-    if failures:
-        raise ParityError("ONNX Runtime output differs from PyTorch: " + "; ".join(failures),
-                          hint="inspect the graph with `pipeline measure`; loosen export.atol/rtol only if the diff is expected")
-    return record
+    return compare_outputs([r.detach().numpy() for r in refs], outs, names, Tolerance(atol, rtol),
+                           hint="inspect the graph with `pipeline measure`; loosen export.atol/rtol only if the "
+                                "diff is expected")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from targets.base import TARGETS, Engine, MeasureSettings, Target, TargetSpec
 from targets.ssh import SSH_OPTIONS
 

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.errors import ConfigError, did_you_mean
-from pipeline.registry import Registry
+from core.errors import ConfigError, did_you_mean
+from core.registry import Registry
 
 
 @dataclass(frozen=True)

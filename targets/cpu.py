@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import StageError
+from core.errors import StageError
 from targets.base import Engine, MeasureSettings
 from targets.ort_runner import OrtRunner
 from targets.stats import interleaved_records

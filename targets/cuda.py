@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ConfigError, StageError, did_you_mean
+from core.errors import ConfigError, StageError, did_you_mean
 from targets.base import Engine, MeasureSettings
 from targets.stats import interleaved_records
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pipeline.errors import ConfigError, did_you_mean
+from core.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)

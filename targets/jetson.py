@@ -46,15 +46,33 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, StageError
+from core.errors import ConfigError, StageError
+from core.io import atomic_write_bytes, sha256_file
 from targets.base import Engine, MeasureSettings
-from targets.devices import (DeviceProfile, detect_profile, get_profile, jetpack_for_l4t, parse_jetson_clocks,
-                             parse_nv_tegra_release, parse_nvpmodel, tensorrt_for_l4t, trt_major, trt_tuple)
+from targets.devices import (
+    DeviceProfile,
+    detect_profile,
+    get_profile,
+    jetpack_for_l4t,
+    parse_jetson_clocks,
+    parse_nv_tegra_release,
+    parse_nvpmodel,
+    tensorrt_for_l4t,
+    trt_major,
+    trt_tuple,
+)
 from targets.ort_runner import OrtRunner
 from targets.ssh import Address, Device, SshSettings
 from targets.stats import latency_stats
-from targets.tensorrt import (OnnxFacts, PrecisionPlan, TrtSettings, batch_profile, onnx_facts, precision_plan,
-                              sha256_file, timing_cache_key, write_atomic)
+from targets.tensorrt import (
+    OnnxFacts,
+    PrecisionPlan,
+    TrtSettings,
+    batch_profile,
+    onnx_facts,
+    precision_plan,
+    timing_cache_key,
+)
 
 log = logging.getLogger("pipeline.jetson")
 
@@ -255,7 +273,7 @@ def _accuracy_on(options: Mapping[str, Any]) -> str:
 
 def check_jetson_options(options: Mapping[str, Any]) -> str:
     """Check option values before anything runs; returns the runtime (``trtexec`` or ``ort``)."""
-    from pipeline.errors import did_you_mean
+    from core.errors import did_you_mean
 
     runtime = str(options.get("runtime") or "trtexec").strip().lower()
     if runtime not in RUNTIMES:
@@ -417,7 +435,7 @@ class JetsonTarget:
             argv = cmd.argv()
             r = s.run(argv, check=False)
             engine_name = f"{onnx_path.stem}.{self.profile.name}.{plan.precision}{tag}.plan"
-            write_atomic(out_dir / "logs" / f"{engine_name}.build.log", (r.stdout + r.stderr).encode())
+            atomic_write_bytes(out_dir / "logs" / f"{engine_name}.build.log", (r.stdout + r.stderr).encode())
             if r.returncode != 0:
                 raise StageError(f"trtexec could not build {onnx_path.name} on {self.device.name} "
                                  f"(exit {r.returncode}): {_tail(r.stdout + r.stderr)}",
@@ -440,7 +458,7 @@ class JetsonTarget:
             "input": facts.input_name, "dynamic_batch": facts.dynamic_batch, "max_batch": trt.max_batch,
             "dla_core": trt.dla_core, "sparsity": trt.sparsity,
         }
-        write_atomic(Path(str(plan_path) + ".json"), json.dumps(meta, indent=2, default=str).encode())
+        atomic_write_bytes(Path(str(plan_path) + ".json"), json.dumps(meta, indent=2, default=str).encode())
         return Engine(self.name, onnx_path, plan_path, plan_path.stat().st_size, build_s, tuple(sample_shape), meta)
 
     def _build_ort(self, onnx_path: Path, sample_shape: tuple[int, ...]) -> Engine:
@@ -535,7 +553,7 @@ class JetsonTarget:
                     side = tegrastats_argv(s.path(f"tegra-{tag}.log")) if info.tegrastats else None
                     res = s.run(argv, sidecar=side, sidecar_log=f"tegra-{tag}.out", check=False)
                     stem = f"{Path(e.path).name}.{tag}"
-                    write_atomic(logs_dir / f"{stem}.trtexec.log", (res.stdout + res.stderr).encode())
+                    atomic_write_bytes(logs_dir / f"{stem}.trtexec.log", (res.stdout + res.stderr).encode())
                     if res.returncode != 0:
                         raise StageError(f"trtexec failed to run {Path(e.path).name} on {self.device.name} "
                                          f"(exit {res.returncode}): {_tail(res.stdout + res.stderr)}",

@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, StageError
+from core.errors import ConfigError, StageError
 from targets.base import Engine, MeasureSettings
 from targets.ort_runner import OrtRunner
 from targets.ssh import Address, Device, SshSession, SshSettings

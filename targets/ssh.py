@@ -44,7 +44,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pipeline.errors import ConfigError, StageError
+from core.errors import ConfigError, StageError
 
 log = logging.getLogger("pipeline.ssh")
 

@@ -23,10 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import statistics
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -35,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ConfigError, ParityError, StageError
+from core.errors import ConfigError, StageError
+from core.io import atomic_write_bytes, sha256_file
+from core.parity import Tolerance, compare_outputs
 from targets.base import Engine, MeasureSettings
 from targets.devices import trt_major, trt_tuple
 from targets.stats import latency_stats
@@ -182,7 +182,7 @@ class TrtSettings:
         if p is not None:
             p = str(p).lower()
             if p not in PRECISIONS:
-                from pipeline.errors import did_you_mean
+                from core.errors import did_you_mean
 
                 raise ConfigError(f"precision '{options['precision']}' is not supported.{did_you_mean(p, PRECISIONS)}",
                                   hint=f"precision: {' | '.join(PRECISIONS)}")
@@ -208,33 +208,11 @@ class TrtSettings:
         return s
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_plan(plan: bytes, path: Path, meta: Mapping[str, Any]) -> Path:
     """The plan exactly as TensorRT serialized it (``trtexec --loadEngine`` reads it), metadata beside it."""
-    write_atomic(Path(path), bytes(plan))
-    write_atomic(Path(str(path) + ".json"), json.dumps(dict(meta), indent=2, default=str).encode())
+    atomic_write_bytes(Path(path), bytes(plan))
+    atomic_write_bytes(Path(str(path) + ".json"), json.dumps(dict(meta), indent=2, default=str).encode())
     return Path(path)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- TensorRT (lazy)
@@ -376,7 +354,7 @@ class CalibrationCache:
         return data or None
 
     def write(self, data: bytes) -> None:
-        write_atomic(Path(self.path), bytes(data))
+        atomic_write_bytes(Path(self.path), bytes(data))
 
     @property
     def exists(self) -> bool:
@@ -514,7 +492,7 @@ def build_plan(onnx_path: Path, plan_path: Path, sample_shape: Sequence[int], se
     if serialized is None:
         raise StageError(f"TensorRT {version} failed to build {Path(onnx_path).name}",
                          hint="see the TensorRT messages in logs/pipeline.log; try a larger workspace_mb")
-    write_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
+    atomic_write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
     meta = {"tensorrt": version, "gpu": gpu, "compute_capability": cc, "precision": plan.precision,
             "strongly_typed": plan.strongly_typed, "builder_flags": list(plan.builder_flags),
             "notes": list(plan.notes), "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
@@ -632,31 +610,13 @@ class TrtRunner:
 
 def parity_check(trt_outputs: Sequence[np.ndarray], ort_outputs: Sequence[np.ndarray], names: Sequence[str],
                  atol: float = 1e-2, rtol: float = 1e-2) -> dict[str, dict[str, float]]:
-    """Compare TRT and ORT outputs (names, then shapes, then values); one ParityError listing all failures.
+    """TensorRT vs ONNX Runtime outputs through the one validator (:func:`core.parity.compare_outputs`).
 
-    Defaults suit FP16 (Polygraphy's 1e-5 defaults are "too strict for FP16/INT8"). A value
-    fails only when both its absolute and its relative difference exceed the tolerances.
+    Defaults suit FP16 (Polygraphy's 1e-5 defaults are "too strict for FP16/INT8").
     """
-    if len(trt_outputs) != len(ort_outputs):
-        raise ParityError(f"TensorRT gives {len(trt_outputs)} outputs, ONNX Runtime {len(ort_outputs)}",
-                          hint="the engine was built from a different graph")
-    report, failures = {}, []
-    for name, a, b in zip(names, trt_outputs, ort_outputs):
-        if a.shape != b.shape:
-            failures.append(f"{name}: shape {a.shape} vs {b.shape}")
-            continue
-        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        rel = diff / np.maximum(np.abs(b.astype(np.float64)), 1e-12)
-        bad = (diff > atol) & (rel > rtol)
-        report[name] = {"max_abs": float(diff.max(initial=0.0)), "median_abs": float(np.median(diff)) if diff.size else 0.0,
-                        "bad_fraction": float(bad.mean()) if bad.size else 0.0}
-        if bad.any():
-            failures.append(f"{name}: max_abs {report[name]['max_abs']:.3g} ({bad.sum()} values beyond atol {atol} "
-                            f"and rtol {rtol})")
-    if failures:
-        raise ParityError("TensorRT vs ONNX Runtime parity failed: " + "; ".join(failures),
-                          hint="FP16 overflow is common in norms/softmax: pin those layers to FP32 or use fp32")
-    return report
+    return compare_outputs(ort_outputs, trt_outputs, names, Tolerance(atol, rtol), converted="TensorRT",
+                           reference="ONNX Runtime",
+                           hint="FP16 overflow is common in norms/softmax: pin those layers to FP32 or use fp32")
 
 
 class TensorRTTarget:

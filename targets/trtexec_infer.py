@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import StageError
+from core.errors import StageError
 from targets.devices import trt_major
 from targets.jetson import shape_arg, tensor_arg
 from targets.tensorrt import onnx_facts

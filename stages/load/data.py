@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from pipeline.errors import SpecError
-from pipeline.registry import Registry
+from core.errors import SpecError
+from core.registry import Registry
 
 DIGITS_SIZE = 32
 DIGITS_SPLIT = (1000, 347, 450)  # train / calib / test of the 1797 digits, fixed permutation (seed 0)
@@ -165,7 +165,7 @@ def import_callable(arg: str, what: str) -> Callable:
         raise SpecError(f"cannot import module '{mod_name}': {e}", hint="check PYTHONPATH or install the package") from None
     if not hasattr(mod, attr):
         names = [n for n in dir(mod) if not n.startswith("_")]
-        from pipeline.errors import did_you_mean
+        from core.errors import did_you_mean
         raise SpecError(f"module '{mod_name}' has no attribute '{attr}'.{did_you_mean(attr, names)}",
                         hint="use python:package.module:function")
     return getattr(mod, attr)

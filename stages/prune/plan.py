@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.errors import ConfigError, StageError
-from stages.prune.depth import drop_blocks
-from stages.prune.tp_adapter import GroupInfo, PruneGraph, count_macs_params
+from core.errors import ConfigError, StageError
+from stages.model.blocks import drop_blocks
+from stages.model.graph import GroupInfo, PruneGraph
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,54 @@ def recalibrate_bn(model: nn.Module, data: Dataset, batches: int, batch_size: in
     return len(bns)
 
 
-def macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """MACs at batch 1 and parameter count."""
-    return count_macs_params(model, torch.zeros((1, *input_shape)))
+# ------------------------------------------------------------------ heads + FFN plans (transformers)
+
+
+def head_scores(channel_scores: torch.Tensor, heads: int) -> torch.Tensor:
+    """One score per head: the sum of its contiguous block of channel scores (NaN counts as -inf)."""
+    s = torch.nan_to_num(channel_scores.double(), nan=-math.inf)
+    if s.numel() % heads:
+        raise ValueError(f"{s.numel()} channels do not split into {heads} heads")
+    return s.view(heads, -1).sum(1)
+
+
+def heads_ffn_plan(groups: Sequence[GroupInfo], heads: Mapping[str, int], scores: Mapping[str, torch.Tensor],
+                   prune_ratio: float, round_to: int | None = 8,
+                   meta: Mapping[str, object] | None = None) -> PruningPlan:
+    """Remove ``prune_ratio`` of the heads of every attention group and of the channels of every
+    other group (the FFN), keeping the best-scoring ones.
+
+    Heads kept per layer: ``round(heads * (1 - prune_ratio))`` (at least one); FFN channels kept:
+    :func:`stages.prune.plan.keep_count` with ``round_to``, as the pipeline rounds. Ties go to the
+    lower index, as in :func:`stages.prune.plan.make_plan`.
+
+    Args:
+        groups: The groups to prune (``PruneGraph.groups()``).
+        heads: Group id -> number of heads (``PruneGraph.heads()``), for the attention groups.
+        scores: A criterion's channel scores per group id.
+        prune_ratio: Fraction of heads / channels removed, in [0, 1).
+        round_to: Rounding of the FFN widths.
+        meta: Stored in the plan.
+    """
+    if not 0.0 <= prune_ratio < 1.0:
+        raise ValueError(f"prune_ratio must be in [0, 1), got {prune_ratio}")
+    out = []
+    for g in groups:
+        s = scores.get(g.id)
+        if s is None or len(s) != g.width:
+            raise ValueError(f"no scores of length {g.width} for group '{g.id}'")
+        if g.id in heads:
+            h = heads[g.id]
+            size = g.width // h
+            n = keep_count(h, 1.0 - prune_ratio, None) if prune_ratio > 0 else h
+            hs = head_scores(s, h)
+            order = sorted(range(h), key=lambda i: (-float(hs[i]), i))
+            keep = [c for i in sorted(order[:n]) for c in range(i * size, (i + 1) * size)]
+        else:
+            n = keep_count(g.width, 1.0 - prune_ratio, round_to) if prune_ratio > 0 else g.width
+            sf = torch.nan_to_num(s.double(), nan=-math.inf)
+            order = sorted(range(g.width), key=lambda i: (-float(sf[i]), i))
+            keep = sorted(order[:n])
+        out.append(GroupPlan(g.id, g.width, tuple(keep)))
+    return PruningPlan(tuple(out), (), {"prune_ratio": prune_ratio, "round_to": round_to, "heads": dict(heads),
+                                        **(meta or {})})

@@ -1,7 +1,16 @@
 """The criterion interface. A criterion produces per-channel scores for each prunable group
 (higher = more important = kept first); it never prunes by itself.
 
-Adding a criterion is one new file in this package that calls :func:`register`.
+Adding a criterion is one new file in this package that calls :func:`register`. Beyond its
+scores a criterion may declare, in the same call:
+
+- ``weight_masks=``: its weight-level (unstructured / N:M) form, a builder
+  ``(model, stats, spec, ignore) -> WeightMasks`` that ``prune.sparsity`` uses;
+- ``compensates=``: ``model -> layer names`` whose removed inputs get STADE's bias compensation
+  when a plan made with this criterion is applied.
+
+Every list of weight-level or compensating criteria (config validation, ``sparsify``, the
+pruner) is derived from these declarations: :func:`weight_criteria`, :func:`compensation_layers`.
 """
 
 from __future__ import annotations
@@ -15,9 +24,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.errors import ConfigError
-from pipeline.registry import Registry
-from stages.prune.tp_adapter import PruneGraph
+from core.errors import ConfigError
+from core.registry import Registry
+from stages.model.graph import PruneGraph
+from stages.model.masks import WeightMasks
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,8 @@ class ScoreResult:
 
 
 ScoreFn = Callable[[ScoreContext], "dict[str, torch.Tensor] | ScoreResult"]
+WeightMaskFn = Callable[..., WeightMasks]  # (model, stats, spec, ignore) -> WeightMasks
+CompensationFn = Callable[[nn.Module], "list[str]"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,8 @@ class Criterion:
     source: str
     summary: str
     params: Mapping[str, Any] = field(default_factory=dict)  # free parameters and their defaults
+    weight_masks: WeightMaskFn | None = None  # its weight-level form (prune.sparsity), if it has one
+    compensates: CompensationFn | None = None  # layers whose removed inputs get bias compensation
 
     def resolve_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
         """Defaults overlaid with ``options``; unknown keys or uncastable values are a ConfigError."""
@@ -131,17 +145,44 @@ CRITERIA: Registry[Criterion] = Registry("criterion", "criteria")
 
 
 def register(name: str, *, needs: Needs, granularity: str, source: str, summary: str,
-             params: Mapping[str, Any] | None = None) -> Callable[[ScoreFn], ScoreFn]:
+             params: Mapping[str, Any] | None = None, weight_masks: WeightMaskFn | None = None,
+             compensates: CompensationFn | None = None,
+             aliases: tuple[str, ...] = ()) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator: register a score function as criterion ``name``.
 
     ``params`` declares the criterion's free parameters with their defaults; the function reads
     the resolved values from ``ctx.options`` (users set them with ``--criterion-option K=V`` or
-    ``criterion_options:`` in the YAML).
+    ``criterion_options:`` in the YAML). ``weight_masks`` and ``compensates``: see the module
+    docstring. ``aliases``: other names that resolve to this criterion (not listed).
     """
 
     def deco(fn: ScoreFn) -> ScoreFn:
         CRITERIA.add(name, Criterion(name, fn, needs, granularity, source, summary,  # type: ignore[arg-type]
-                                     dict(params or {})))
+                                     dict(params or {}), weight_masks, compensates), aliases=aliases)
         return fn
 
     return deco
+
+
+def weight_criteria() -> list[str]:
+    """Criteria with a weight-level form (``prune.sparsity_criterion`` takes these and their aliases)."""
+    return [n for n, c in CRITERIA.items() if c.weight_masks is not None]
+
+
+def weight_mask_builder(name: str) -> WeightMaskFn:
+    """The weight-level form of criterion ``name``; a ConfigError names the ones that have one."""
+    from core.errors import did_you_mean
+
+    known = weight_criteria()
+    crit = CRITERIA.get(name) if name in CRITERIA else None
+    if crit is None or crit.weight_masks is None:
+        raise ConfigError(f"criterion '{name}' has no weight-level (unstructured / N:M) form."
+                          f"{did_you_mean(name, known)}", hint=f"use one of {', '.join(known)}")
+    return crit.weight_masks
+
+
+def compensation_layers(name: str, model: nn.Module) -> list[str]:
+    """Layers whose removed inputs get STADE's bias compensation when pruning by criterion ``name``
+    (none for a criterion that does not declare ``compensates``)."""
+    crit = CRITERIA.get(name) if name in CRITERIA else None
+    return list(crit.compensates(model)) if crit is not None and crit.compensates is not None else []

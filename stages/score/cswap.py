@@ -9,7 +9,7 @@ label, or the unpruned model's prediction where the label is < 0)::
     xi_n   = mean_x d_n(x)
 
 ``do(a_n = 0)`` zeroes the channel at every site that carries it (its BatchNorm outputs, else its
-conv/linear outputs: :func:`stages.score.interventions.channel_sites`), i.e. it removes the
+conv/linear outputs: :func:`stages.score._interventions.channel_sites`), i.e. it removes the
 structure; with ``intervention="mean"`` the channel is set to its calibration mean instead. A
 two-sided one-sample t-test of ``d_n(x)`` against 0 at level ``alpha`` sorts each channel into
 *critical* (``xi > 0``, significant), *detrimental* (``xi < 0``, significant) or *neutral*.
@@ -37,7 +37,7 @@ scores in candidate order, unverified.
 
 Cost: one clean pass over the calibration samples, one intervention per channel on ``samples``
 scoring samples, plus one held-out pass per chunk and two more per undone chunk. The batched
-engine of :mod:`stages.score.interventions` runs the part of a pass above the intervened layer
+engine of :mod:`stages.score._interventions` runs the part of a pass above the intervened layer
 once for all the replicas of a pass (up to 512 rows), on an inference copy with BatchNorms folded
 into their convs. The
 paper's cost is one forward over the scoring set per structure; ``samples`` (ours, not the
@@ -57,9 +57,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from pipeline.errors import ConfigError
-from stages.score.base import Needs, ScoreContext, ScoreResult, register
-from stages.score.interventions import (
+from core.errors import ConfigError
+from stages.score._interventions import (
     ReplicaRunner,
     channel_means,
     channel_sites,
@@ -68,6 +67,7 @@ from stages.score.interventions import (
     stack_batches,
     working_copy,
 )
+from stages.score.base import Needs, ScoreContext, ScoreResult, register
 
 SOURCE = "C-SWAP, Bauvin, Baret, Ahmad, arXiv 2510.18636 [RECON] (methods.md §1)"
 PARAMS = {

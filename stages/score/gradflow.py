@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from stages.score.base import Needs, ScoreContext, ScoreResult, register
 
 LOSSES = ("ce",)

@@ -15,7 +15,7 @@ The paper scores U-Net operators of a diffusion model on its final denoised late
   removing it does to the consumers), ``mean`` to its calibration mean (removal with the
   constant part compensated, like STADE's bias update);
 - **blocks** (``ScoreResult.blocks``, when ``blocks`` is true): every removable residual block
-  (:func:`stages.prune.depth.removable_blocks`) replaced by identity. Depth pruning drops the
+  (:func:`stages.model.blocks.removable_blocks`) replaced by identity. Depth pruning drops the
   lowest first.
 
 Options: ``latent`` (``output`` or a module name), ``blocks`` (also score blocks, default true),
@@ -27,7 +27,7 @@ Cost: every structure is one forward pass over the *m* samples, plus one referen
 ``(1 + structures) x batches`` batch forwards (``passes["forward"]``), no backward, no labels:
 O(structures x m) like the paper's O(n m k). Interventions are evaluated many at a time: the
 batch is replicated once per intervention and each replica gets its own structure removed, in one
-call (eval mode, so replicas are independent); for channels, :mod:`stages.score.interventions`
+call (eval mode, so replicas are independent); for channels, :mod:`stages.score._interventions`
 computes everything upstream of the intervened sites once. ``meta["forward_calls"]`` counts the
 model calls actually made.
 
@@ -44,8 +44,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError, did_you_mean
-from stages.prune.depth import removable_blocks
+from core.errors import ConfigError, did_you_mean
+from stages.model.blocks import removable_blocks
 from stages.score.base import Needs, ScoreContext, ScoreResult, register
 
 SOURCE = "LD-Pruner, Castells et al., arXiv 2404.11936 / CVPRW'24 (methods.md §7) [RECON]"
@@ -160,10 +160,10 @@ def score_blocks(model: nn.Module, batches: Sequence[torch.Tensor], blocks: Sequ
     Args:
         model: The model (not modified: forward hooks only, removed afterwards).
         batches: Calibration inputs, the same for every block.
-        blocks: Block names; default :func:`~stages.prune.depth.removable_blocks` on ``batches[0]``.
+        blocks: Block names; default :func:`~stages.model.blocks.removable_blocks` on ``batches[0]``.
         latent: ``"output"`` or the name of the module whose output is ``Z``.
         max_batch: Rows (replicas x samples) per model call; default: what keeps the largest
-            activation under 128 MB (:func:`stages.score.interventions.max_rows`).
+            activation under 128 MB (:func:`stages.score._interventions.max_rows`).
 
     Returns:
         (block name -> score, {"forward": batch-equivalent forwards, "calls": model calls}).
@@ -180,7 +180,7 @@ def score_blocks(model: nn.Module, batches: Sequence[torch.Tensor], blocks: Sequ
                               hint="choose a latent after the blocks (e.g. the pooling layer) or 'output'")
     if not blocks:
         return {}, {"forward": 0, "calls": 0}
-    from stages.score.interventions import max_rows
+    from stages.score._interventions import max_rows
 
     max_batch = max_batch or max_rows(model, batches[0])
     modules = dict(model.named_modules())
@@ -223,7 +223,7 @@ def score_channels(model: nn.Module, groups, batches: Sequence[torch.Tensor], la
                    intervention: str = "zero", max_batch: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """LD-Pruner importance of every channel of every group, one channel removed at a time.
 
-    Where and how a channel is removed is :mod:`stages.score.interventions`' (its sites are the
+    Where and how a channel is removed is :mod:`stages.score._interventions`' (its sites are the
     group's BN outputs, else its conv/linear outputs). With the model output as the latent its
     ``fx`` engine computes everything upstream of an intervention once for all replicas; a
     module latent is read by a forward hook, which needs the ``hooks`` engine.
@@ -231,7 +231,7 @@ def score_channels(model: nn.Module, groups, batches: Sequence[torch.Tensor], la
     Returns:
         (group id -> per-channel scores, {"forward": batch-equivalent forwards, "calls": model calls}).
     """
-    from stages.score.interventions import (
+    from stages.score._interventions import (
         ReplicaRunner,
         channel_means,
         channel_sites,

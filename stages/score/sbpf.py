@@ -28,7 +28,7 @@ Not implemented: the paper's multi-step schedule with fine-tuning between steps 
 prunes once, then recovers).
 
 The model is never modified: a damaged layer's output is computed from ``W + noise`` by an
-override in the replica engine of :mod:`stages.score.interventions`, so all draws of a group run
+override in the replica engine of :mod:`stages.score._interventions`, so all draws of a group run
 in one batched pass and the weights are never written. Cost: one calibration pass, plus one
 per group with ``draws`` replicas (the part above the damaged layers computed once).
 """
@@ -42,15 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import ConfigError
-from stages.score.base import Needs, ScoreContext, ScoreResult, register
-from stages.score.interventions import (
+from core.errors import ConfigError
+from stages.score._interventions import (
     ReplicaRunner,
     channel_dim,
     max_rows,
     stack_batches,
     working_copy,
 )
+from stages.score.base import Needs, ScoreContext, ScoreResult, register
 
 SOURCE = "SBPF, Lu et al., arXiv 2208.04588 [RECON] (methods.md §9)"
 PARAMS = {

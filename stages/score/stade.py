@@ -3,11 +3,11 @@ code Coello-dev/STADE, methods.md §2).
 
 Weight score [CODE, ``lib/prune_zoo/stade.py``]: ``S_ij = W_ij^2 * Var(x_j)``, the unbiased
 (n - 1) variance of input feature ``j`` over all calibration tokens (Conv2d: over batch x output
-positions of each unfolded tap, see :mod:`stages.score.calib_stats`). Rationale: after the bias
+positions of each unfolded tap, see :mod:`stages.model.calib`). Rationale: after the bias
 compensation ``b_i += sum_{j pruned} W_ij mu_j`` the expected squared error of output ``i`` is
 ``sum_{j pruned} W_ij^2 Var(x_j)`` for independent inputs; Wanda is the zero-mean case
 (``||X_j||^2 / n = mu_j^2 + sigma_j^2``). **The score assumes the compensation is applied**:
-use :func:`stages.prune.masks.apply_masks` (weight level) or
+use :func:`stages.model.masks.apply_masks` (weight level) or
 :func:`stages.prune.compensate.apply_plan_compensated` (channels).
 
 Differences from the authors' code, on purpose:
@@ -18,7 +18,7 @@ Differences from the authors' code, on purpose:
 - the bias is computed from the weights **before** masking (their v2 HEAD zeroes first, so its
   compensation is always 0; their v1 ``std.py`` is right);
 - their ``column`` comparison indexes with the row count and scatters along the wrong dimension;
-  ours (``stages.prune.masks``) prunes ``int(rows * s)`` per column.
+  ours (``stages.model.masks``) prunes ``int(rows * s)`` per column.
 
 Variants:
 
@@ -40,10 +40,10 @@ from collections.abc import Collection, Iterable, Mapping
 import torch
 from torch import nn
 
-from stages.prune.masks import MaskSpec, WeightMasks, build_masks
+from stages.model.calib import InputStats, channel_scores, matches, per_weight
+from stages.model.masks import MaskSpec, WeightMasks, build_masks
 from stages.score import wanda as _wanda
 from stages.score.base import Needs, ScoreContext, register
-from stages.score.calib_stats import InputStats, channel_scores, matches, per_weight
 
 SOURCE = "STADE, Coello de Portugal Mecke et al., arXiv 2503.22451, code Coello-dev/STADE (methods.md §2)"
 
@@ -68,25 +68,6 @@ def stadew_weight_scores(patterns: Iterable[str] = STADEW_PATTERNS):
     return score
 
 
-@register("stade", needs=Needs(forward=True), granularity="channel", source=SOURCE,
-          summary="W^2*Var(x) summed over the consumer input columns each channel feeds; "
-                  "prune with bias compensation (apply_plan_compensated)")
-@torch.no_grad()
-def stade(ctx: ScoreContext) -> dict[str, torch.Tensor]:
-    inputs = (x for x, _ in ctx.calib_batches())
-    return channel_scores(ctx.model, ctx.graph.groups(), inputs, weight_scores)
-
-
-@register("stadew", needs=Needs(forward=True), granularity="channel", source=SOURCE + ", stadew variant",
-          summary="STADE on output projections (o_proj/down_proj/out_proj/fc2/output.dense), Wanda elsewhere")
-@torch.no_grad()
-def stadew(ctx: ScoreContext, patterns: Iterable[str] = STADEW_PATTERNS) -> dict[str, torch.Tensor]:
-    patterns = tuple(patterns)
-    inputs = (x for x, _ in ctx.calib_batches())
-    return channel_scores(ctx.model, ctx.graph.groups(), inputs, stadew_weight_scores(patterns),
-                          family=lambda n: "stade" if matches(n, patterns) else "wanda")
-
-
 def stade_masks(model: nn.Module, stats: Mapping[str, InputStats], spec: MaskSpec | str = "0.5",
                 ignore: Collection[str] = ()) -> WeightMasks:
     """STADE weight masks (True = prune); every masked layer is marked for compensation."""
@@ -103,18 +84,32 @@ def stadew_masks(model: nn.Module, stats: Mapping[str, InputStats], spec: MaskSp
                        compensate=lambda n: matches(n, patterns))
 
 
-COMPENSATED = ("stade", "stadew")  # criteria whose pruning must apply the bias compensation
+def _linear_and_conv(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
-def compensation_layers(criterion: str, model: nn.Module, patterns: Iterable[str] = STADEW_PATTERNS) -> list[str]:
-    """Layers whose removed inputs get STADE's bias compensation under ``criterion``.
+def stadew_layers(model: nn.Module, patterns: Iterable[str] = STADEW_PATTERNS) -> list[str]:
+    """The layers ``stadew`` scores (and compensates) by STADE: the output projections."""
+    patterns = tuple(patterns)
+    return [n for n in _linear_and_conv(model) if matches(n, patterns)]
 
-    Every Linear/Conv2d for ``stade``, the STADE-scored ones for ``stadew``, none otherwise
-    (Wanda and the baselines never compensate).
-    """
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    if criterion == "stade":
-        return names
-    if criterion == "stadew":
-        return [n for n in names if matches(n, tuple(patterns))]
-    return []
+
+@register("stade", needs=Needs(forward=True), granularity="channel", source=SOURCE,
+          summary="W^2*Var(x) summed over the consumer input columns each channel feeds; "
+                  "prune with bias compensation (apply_plan_compensated)",
+          weight_masks=stade_masks, compensates=_linear_and_conv)
+@torch.no_grad()
+def stade(ctx: ScoreContext) -> dict[str, torch.Tensor]:
+    inputs = (x for x, _ in ctx.calib_batches())
+    return channel_scores(ctx.model, ctx.graph.groups(), inputs, weight_scores)
+
+
+@register("stadew", needs=Needs(forward=True), granularity="channel", source=SOURCE + ", stadew variant",
+          summary="STADE on output projections (o_proj/down_proj/out_proj/fc2/output.dense), Wanda elsewhere",
+          weight_masks=stadew_masks, compensates=stadew_layers)
+@torch.no_grad()
+def stadew(ctx: ScoreContext, patterns: Iterable[str] = STADEW_PATTERNS) -> dict[str, torch.Tensor]:
+    patterns = tuple(patterns)
+    inputs = (x for x, _ in ctx.calib_batches())
+    return channel_scores(ctx.model, ctx.graph.groups(), inputs, stadew_weight_scores(patterns),
+                          family=lambda n: "stade" if matches(n, patterns) else "wanda")

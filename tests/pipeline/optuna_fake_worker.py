@@ -6,7 +6,7 @@ stage holds most of the latency and little of the accuracy, so a per-family sear
 ``layer3`` hardest. It imports neither torch nor a runtime, so worker processes start fast.
 
 ``python -m tests.pipeline.optuna_fake_worker --study NAME --storage URL [--n-trials N]`` runs
-:func:`pipeline.search_optuna.run_worker` with it and prints one JSON line: who it was and
+:func:`pipeline.worker.run_worker` with it and prints one JSON line: who it was and
 which trials it told.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.tuner import Candidate
+from search.base import Candidate
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class FakeEvaluator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.search_optuna import run_worker
+    from pipeline.worker import run_worker
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", required=True)

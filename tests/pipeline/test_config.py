@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError
 from pipeline.config import RunConfig, config_to_yaml, resolve_config
-from pipeline.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from stages.score import CRITERIA
 
 

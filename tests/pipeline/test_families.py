@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from pipeline.families import (
+from search.families import (
     block_of,
     expand,
     families,
@@ -17,8 +17,8 @@ from pipeline.families import (
     uniform_widths,
 )
 from stages.load.models import ModelRequest, load_model
+from stages.model.graph import GroupInfo, PruneGraph
 from stages.prune.plan import make_plan
-from stages.prune.tp_adapter import GroupInfo, PruneGraph
 from tests.pipeline.optuna_fake_worker import resnet20_groups
 
 

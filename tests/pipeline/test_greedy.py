@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.greedy import GreedySettings, search_greedy
-from pipeline.lut import LatencyLUT, build_lut, monotone, width_grid
-from pipeline.tuner import Budgets, Candidate, SearchLimits
-from stages.prune.tp_adapter import GroupInfo
+from core.errors import ConfigError
+from search.base import Candidate, SearchLimits
+from search.budget import Budgets
+from search.greedy import GreedySettings, search_greedy
+from search.lut import LatencyLUT, build_lut, monotone, width_grid
+from stages.model.graph import GroupInfo
 
 GROUPS = [GroupInfo("a", 64, ("a",), ()), GroupInfo("b", 64, ("b",), ()), GroupInfo("c", 32, ("c",), ())]
 FULL = {g.id: g.width for g in GROUPS}

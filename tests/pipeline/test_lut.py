@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from pipeline.families import families, is_uniform
-from pipeline.greedy import GreedySettings, make_units, search_greedy
-from pipeline.lut import (
+from search.base import Candidate, SearchLimits
+from search.budget import Budgets
+from search.families import families, is_uniform
+from search.greedy import GreedySettings, make_units, search_greedy
+from search.lut import (
     Calibration,
     LatencyLUT,
     LayerTerm,
@@ -27,7 +29,6 @@ from pipeline.lut import (
     stair_resolution,
     staircase_bottoms,
 )
-from pipeline.tuner import Budgets, Candidate, SearchLimits
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def test_lut_divides_out_the_measured_self_speedup_of_the_unpruned_model(tmp_pat
 
 
 def test_one_spoiled_null_measurement_cannot_skew_a_group():
-    from pipeline.lut import null_bias
+    from search.lut import null_bias
 
     assert null_bias(1.1, 1.1) == pytest.approx(1.1)  # a consistent bias is removed
     assert null_bias(0.9, 0.526) == pytest.approx(0.9)  # a burst of load spoiled the last one
@@ -192,10 +193,9 @@ def test_lut_without_layer_structure_falls_back_to_additive(tmp_path):
 
 def test_layer_terms_of_the_default_model_map_every_conv_to_its_groups():
     torch = pytest.importorskip("torch")
-    from pipeline.lut import layer_terms
     from stages.load.models import ModelRequest, load_model
-    from stages.prune.plan import macs_params
-    from stages.prune.tp_adapter import PruneGraph
+    from stages.model.cost import layer_terms, macs_params
+    from stages.model.graph import PruneGraph
 
     lm = load_model(ModelRequest("example:digits-resnet", None, None, False))
     groups = PruneGraph(copy.deepcopy(lm.module), torch.zeros((2, *lm.input_shape))).groups()
@@ -372,7 +372,7 @@ def test_uniform_greedy_on_the_staircase_keeps_one_width_per_family(tmp_path):
 
 
 def test_uniform_needs_families_of_several_groups(tmp_path):
-    from pipeline.errors import ConfigError
+    from core.errors import ConfigError
 
     net = Net()
     with pytest.raises(ConfigError, match="--uniform"):

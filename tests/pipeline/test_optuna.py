@@ -19,9 +19,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from pipeline.errors import ConfigError, StageError
-from pipeline.families import expand, families
-from pipeline.search_optuna import (
+from core.errors import ConfigError, StageError
+from pipeline.worker import run_worker
+from search.base import SearchLimits
+from search.budget import Budgets
+from search.families import expand, families
+from search.optuna import (
     CLOSED_KEY,
     SearchSpec,
     Space,
@@ -29,10 +32,8 @@ from pipeline.search_optuna import (
     open_storage,
     pareto_front,
     prepare_study,
-    run_worker,
     search_optuna,
 )
-from pipeline.tuner import Budgets, SearchLimits
 from tests.pipeline.optuna_fake_worker import FakeEvaluator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -242,7 +243,7 @@ def _uniform_run(tmp_path, mode="group", uniform=True, study="s", storage=None, 
 
 
 def test_uniform_keeps_one_width_per_family_and_workers_learn_it_from_the_study(tmp_path):
-    from pipeline.families import is_uniform
+    from search.families import is_uniform
 
     url = sqlite(tmp_path)
     ev, res = _uniform_run(tmp_path, mode="stage", storage=url)
@@ -258,7 +259,7 @@ def test_uniform_keeps_one_width_per_family_and_workers_learn_it_from_the_study(
 
 
 def test_non_uniform_family_search_can_differ_within_a_stage(tmp_path):
-    from pipeline.families import is_uniform
+    from search.families import is_uniform
 
     ev, res = _uniform_run(tmp_path, mode="group", uniform=False)
     fams = families(ev.groups, "stage")
@@ -361,7 +362,7 @@ def test_worker_cli_bad_storage_url(tmp_path, cli):
 
 
 def test_password_is_not_printed(tmp_path):
-    from pipeline.search_optuna import redact_url
+    from search.optuna import redact_url
 
     assert redact_url("postgresql://me:secret@db:5432/o") == "postgresql://me:***@db:5432/o"
     assert redact_url("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
@@ -469,10 +470,10 @@ def _real_pieces(cfg):
 
     import torch
 
+    from stages.evaluate import TorchRunner, evaluate_top1
     from stages.load.data import load_data
     from stages.load.models import ModelRequest, load_model
-    from stages.measure import TorchRunner, evaluate_top1
-    from stages.prune.tp_adapter import PruneGraph
+    from stages.model.graph import PruneGraph
     from stages.score import CRITERIA, ScoreContext
 
     torch.manual_seed(cfg.seed)
@@ -485,7 +486,8 @@ def _real_pieces(cfg):
 
 
 def test_worker_refuses_a_different_model(tmp_path, real_run):
-    from pipeline.search_optuna import RUN_KEY, SEARCH_KEY, evaluator_from_study, make_run_spec
+    from pipeline.worker import evaluator_from_study, make_run_spec
+    from search.optuna import RUN_KEY, SEARCH_KEY
 
     cfg, lm, _data, groups, scores, acc = real_run
     spec = SearchSpec("latency", Budgets(1.0, None, 3.0, acc), Space.make(families(groups), 0.9), "nsga2", 4, 0.05)
@@ -502,7 +504,9 @@ def test_worker_refuses_a_different_model(tmp_path, real_run):
 
 def test_worker_rebuilds_the_real_evaluator_from_the_study(tmp_path, real_run):
     """A worker that knows only the study measures the run's candidates, with the run's plans."""
-    from pipeline.search_optuna import make_evaluator, make_run_spec
+    from pipeline.settings import build_evaluator
+    from pipeline.worker import make_run_spec
+    from search.evaluator import Subject
     from stages.export import ExportSettings, export_onnx
     from targets import get_target
 
@@ -529,8 +533,7 @@ def test_worker_rebuilds_the_real_evaluator_from_the_study(tmp_path, real_run):
     e = cfg.export
     export_onnx(lm.module, lm.input_shape, host_dir / "baseline.onnx",
                 ExportSettings(opset=e.opset, exporter=e.exporter, atol=e.atol, rtol=e.rtol))
-    ev = make_evaluator(cfg, model=lm.module, input_shape=lm.input_shape, data=data, groups=groups, scores=scores,
-                        target=get_target("cpu"), workdir=host_dir / "c", baseline_onnx=host_dir / "baseline.onnx",
-                        baseline_latency_ms=1.0)
+    ev = build_evaluator(cfg, Subject(lm.module, tuple(lm.input_shape), data, groups, scores), get_target("cpu"),
+                         workdir=host_dir / "c", baseline_onnx=host_dir / "baseline.onnx", baseline_latency_ms=1.0)
     plan = ev.plan_for(expand(fams, {f: t1.params[Space.param(f)] for f in fams}), {"kind": "optuna"})
     assert [list(x) for x in sorted(plan.widths().items())] == a1["key"]

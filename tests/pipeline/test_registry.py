@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import SpecError
-from pipeline.registry import Registry
+from core.errors import SpecError
+from core.registry import Registry
 
 
 def test_register_get_list_and_duplicates():

@@ -24,8 +24,8 @@ def sha(p: Path) -> str:
 
 def _policy(path: Path) -> None:
     from stages.load.models import digits_resnet
+    from stages.model.graph import PruneGraph
     from stages.prune.plan import make_plan, uniform_ratios
-    from stages.prune.tp_adapter import PruneGraph
 
     m = digits_resnet()
     g = PruneGraph(m, torch.zeros(2, 1, 32, 32))

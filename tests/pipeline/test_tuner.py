@@ -6,7 +6,9 @@ import itertools
 
 import pytest
 
-from pipeline.tuner import Budgets, Candidate, SearchLimits, search_global
+from search.base import Candidate, SearchLimits
+from search.budget import Budgets
+from search.global_ratio import search_global
 
 
 class CostModel:

@@ -24,9 +24,9 @@ from scipy import stats
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
+from stages.model.graph import GroupInfo, PruneGraph
 from stages.prune.plan import make_plan
-from stages.prune.tp_adapter import GroupInfo, PruneGraph
 from stages.score import CRITERIA, ScoreContext
 from stages.score.cswap import progressive, ranking_scores, ttest_classes
 

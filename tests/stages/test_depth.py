@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from stages.load.cifar_resnet import BasicBlock, CifarResNet
-from stages.prune.depth import drop_blocks, removable_blocks
+from stages.model.blocks import drop_blocks, removable_blocks
+from stages.model.graph import PruneGraph
 from stages.prune.plan import PruningPlan, apply_plan, make_plan, uniform_ratios
-from stages.prune.tp_adapter import PruneGraph
 
 RESNET20_REMOVABLE = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
 

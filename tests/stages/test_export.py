@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from pipeline.errors import ParityError, StageError
+from core.errors import ParityError, StageError
 from stages.export import ExportSettings, check_parity, export_onnx, sanitize
 from stages.load.cifar_resnet import CifarResNet
 from targets.ort_runner import OrtRunner

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline.errors import ConfigError
-from stages.prune.tp_adapter import PruneGraph
+from core.errors import ConfigError
+from stages.model.graph import PruneGraph
 from stages.score import CRITERIA, ScoreContext
 from stages.score.gradflow import parameter_saliency
 from stages.score.hessian import mean_squared_sample_grads

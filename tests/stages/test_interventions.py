@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from stages.load.cifar_resnet import CifarResNet
-from stages.prune.tp_adapter import PruneGraph
-from stages.score.interventions import (
+from stages.model.graph import PruneGraph
+from stages.score._interventions import (
     ReplicaRunner,
     channel_means,
     channel_sites,

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline.errors import ConfigError
-from stages.prune.tp_adapter import PruneGraph
+from core.errors import ConfigError
+from stages.model.graph import PruneGraph
 from stages.score import CRITERIA, ScoreContext
 from stages.score.ld_pruner import Moments, score_blocks, score_channels
 
@@ -87,7 +87,7 @@ def test_block_scores_by_hand():
 
 def test_block_scores_of_the_criterion_equal_dropping_each_block():
     from stages.load.cifar_resnet import CifarResNet
-    from stages.prune.depth import drop_blocks
+    from stages.model.blocks import drop_blocks
 
     torch.manual_seed(0)
     m = CifarResNet(depth=8, width=4, in_channels=1).eval()

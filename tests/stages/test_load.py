@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import ModelLoadError, SpecError
+from core.errors import ModelLoadError, SpecError
 from stages.load.data import load_data, with_model_labels
 from stages.load.models import ModelRequest, load_model
 

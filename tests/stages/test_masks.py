@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from stages.prune.masks import (
+from stages.model.calib import collect_input_stats
+from stages.model.masks import (
     DENSE_RUNTIME_NOTE,
     Comparison,
     MaskSpec,
@@ -14,10 +15,9 @@ from stages.prune.masks import (
     nm_ok,
     prune_mask,
     reapply_masks,
-    sparsify,
     sparsity_report,
 )
-from stages.score.calib_stats import collect_input_stats
+from stages.prune.sparsify import sparsify
 from stages.score.stade import stade_masks
 from stages.score.wanda import wanda_masks
 
@@ -158,7 +158,7 @@ def test_masked_model_exports_with_zeros_in_place(tmp_path):
 
 @pytest.mark.parametrize("sequential", [True, False])
 def test_sparsify_one_call_per_criterion(sequential):
-    from pipeline.errors import ConfigError
+    from core.errors import ConfigError
 
     torch.manual_seed(0)
     # linear (no activation): STADE's per-layer mean preservation composes to the whole output

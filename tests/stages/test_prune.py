@@ -8,10 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import StageError
+from core.errors import StageError
 from stages.load.cifar_resnet import CifarResNet
-from stages.prune.plan import PruningPlan, apply_plan, keep_count, macs_params, make_plan, recalibrate_bn, uniform_ratios
-from stages.prune.tp_adapter import PruneGraph, find_classifier
+from stages.model.cost import macs_params
+from stages.model.graph import PruneGraph, find_classifier
+from stages.prune.plan import (
+    PruningPlan,
+    apply_plan,
+    keep_count,
+    make_plan,
+    recalibrate_bn,
+    uniform_ratios,
+)
 
 
 @pytest.mark.parametrize("width,ratio,round_to,expected", [

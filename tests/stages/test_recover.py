@@ -4,11 +4,11 @@ import copy
 
 import torch
 
+from stages.evaluate import TorchRunner, evaluate_top1
 from stages.load.data import load_data
 from stages.load.models import digits_resnet
-from stages.measure import TorchRunner, evaluate_top1
+from stages.model.graph import PruneGraph
 from stages.prune.plan import apply_plan, make_plan, recalibrate_bn, uniform_ratios
-from stages.prune.tp_adapter import PruneGraph
 from stages.recover import DistillSettings, distill
 
 

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from stages.load.cifar_resnet import CifarResNet
-from stages.prune.tp_adapter import PruneGraph
+from stages.model.graph import PruneGraph
 from stages.score import CRITERIA, ScoreContext
 from stages.score.sbpf import allocated_keep_ratios
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from stages.prune.tp_adapter import PruneGraph
+from stages.model.graph import PruneGraph
 from stages.score import CRITERIA, ScoreContext
 
 

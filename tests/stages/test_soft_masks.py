@@ -8,12 +8,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from stages.load.cifar_resnet import CifarResNet
+from stages.model.graph import PruneGraph
 from stages.prune.plan import apply_plan, make_plan, uniform_ratios
-from stages.prune.tp_adapter import PruneGraph
 from stages.recover import DistillSettings
-from stages.soft_masks import ChannelMasks, SoftSettings, soft_prune
+from stages.recover.soft import ChannelMasks, SoftSettings, soft_prune
 
 EX = torch.zeros(2, 1, 16, 16)
 

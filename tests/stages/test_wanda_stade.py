@@ -27,24 +27,24 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from stages.prune.compensate import (
+from stages.model.bias import (
     add_output_shift,
-    apply_plan_compensated,
     bn_successors,
     compensate_removed_inputs,
     ensure_bias_params,
     masked_shift,
 )
-from stages.prune.masks import apply_masks
-from stages.prune.plan import GroupPlan, PruningPlan, apply_plan, make_plan, uniform_ratios
-from stages.prune.tp_adapter import PruneGraph
-from stages.score import CRITERIA, ScoreContext
-from stages.score.calib_stats import (
+from stages.model.calib import (
     InputStats,
     collect_input_stats,
     conv_batch_stats,
     linear_batch_stats,
 )
+from stages.model.graph import PruneGraph
+from stages.model.masks import apply_masks
+from stages.prune.compensate import apply_plan_compensated
+from stages.prune.plan import GroupPlan, PruningPlan, apply_plan, make_plan, uniform_ratios
+from stages.score import CRITERIA, ScoreContext
 from stages.score.stade import stade_masks, stadew_masks
 from stages.score.stade import weight_scores as stade_w
 from stages.score.wanda import wanda_masks
@@ -193,7 +193,7 @@ def test_stadew_uses_stade_on_output_projections_only():
 
 
 def test_compensation_layers_per_criterion():
-    from stages.score.stade import compensation_layers
+    from stages.score import compensation_layers
 
     assert compensation_layers("stade", TwoLinear()) == ["fc1", "fc2"]
     assert compensation_layers("stadew", TwoLinear()) == ["fc2"]  # OPT's fc2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import ConfigError, SpecError
+from core.errors import ConfigError, SpecError
 from stages.export import ExportSettings, export_onnx
 from stages.load.cifar_resnet import CifarResNet
 from targets import TARGETS, MeasureSettings, get_target
@@ -51,7 +51,7 @@ def test_cpu_runner_and_batch(two_models, tmp_path):
 
 
 def test_cpu_build_of_a_broken_file_is_a_clear_error(tmp_path):
-    from pipeline.errors import StageError
+    from core.errors import StageError
 
     p = tmp_path / "broken.onnx"
     p.write_bytes(b"not onnx")

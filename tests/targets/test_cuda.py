@@ -18,14 +18,25 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError, StageError
+from core.errors import ConfigError, StageError
 from stages.export import ExportSettings, export_onnx
 from stages.load.cifar_resnet import CifarResNet
 from targets import TARGETS, MeasureSettings, get_target
 from targets.base import Engine
-from targets.cuda import (CudaSettings, CudaTarget, Prepared, Timer, cuda_records, interleave, make_cuda,
-                          ort_cuda_unavailable_reason, ort_numpy_type, output_shape, time_calls,
-                          torch_cuda_unavailable_reason)
+from targets.cuda import (
+    CudaSettings,
+    CudaTarget,
+    Prepared,
+    Timer,
+    cuda_records,
+    interleave,
+    make_cuda,
+    ort_cuda_unavailable_reason,
+    ort_numpy_type,
+    output_shape,
+    time_calls,
+    torch_cuda_unavailable_reason,
+)
 
 FAST = MeasureSettings(warmup_s=0.05, min_duration_s=0.2, min_iters=20)
 CPU_KEYS = {"latency_ms", "iterations", "round_medians_ms", "ratio_to_first", "throughput", "peak_rss_mb",

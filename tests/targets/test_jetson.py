@@ -22,12 +22,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.errors import ConfigError, StageError
+from core.errors import ConfigError, StageError
 from stages.export import ExportSettings, export_onnx
 from stages.load.cifar_resnet import CifarResNet
 from targets import TARGETS, MeasureSettings, get_target
-from targets.devices import (PROFILES, detect_profile, get_profile, jetpack_for_l4t, parse_jetson_clocks,
-                             parse_nv_tegra_release, parse_nvpmodel, tensorrt_for_l4t)
+from targets.devices import (
+    PROFILES,
+    detect_profile,
+    get_profile,
+    jetpack_for_l4t,
+    parse_jetson_clocks,
+    parse_nv_tegra_release,
+    parse_nvpmodel,
+    tensorrt_for_l4t,
+)
 from targets.jetson import BuildCommand, check_profile_options, measure_argv, parse_probe
 from targets.stats import latency_stats
 from targets.tensorrt import OnnxFacts, TrtSettings, precision_plan

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from stages.export import ExportSettings, export_onnx
 from stages.load.cifar_resnet import CifarResNet
 from targets import MeasureSettings, get_target

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import ConfigError, StageError
+from core.errors import ConfigError, StageError
 from stages.export import ExportSettings, export_onnx
 from stages.load.cifar_resnet import CifarResNet
 from targets import MeasureSettings, get_target

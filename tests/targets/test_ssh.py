@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError, StageError
+from core.errors import ConfigError, StageError
 from targets.ssh import Address, LocalSession, SshSession, SshSettings, classify_failure, command_script
 
 

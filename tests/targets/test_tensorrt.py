@@ -14,12 +14,21 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import ConfigError, ParityError
+from core.errors import ConfigError, ParityError
 from stages.export import ExportSettings, export_onnx
 from stages.load.cifar_resnet import CifarResNet
 from targets import TARGETS, MeasureSettings, get_target
-from targets.tensorrt import (OnnxFacts, TrtSettings, batch_profile, onnx_facts, parity_check, precision_plan,
-                              require_tensorrt, timing_cache_key, write_plan)
+from targets.tensorrt import (
+    OnnxFacts,
+    TrtSettings,
+    batch_profile,
+    onnx_facts,
+    parity_check,
+    precision_plan,
+    require_tensorrt,
+    timing_cache_key,
+    write_plan,
+)
 
 FP32 = OnnxFacts("input", ("batch", 1, 32, 32), has_fp16=False, has_qdq=False)
 FP16 = OnnxFacts("input", ("batch", 1, 32, 32), has_fp16=True, has_qdq=False)
@@ -157,7 +166,7 @@ def test_build_measure_and_parity_on_a_real_gpu(small_onnx, tmp_path, precision)
         report = parity_check(r.run_all(x), ref.run_all(x), ref.output_names,
                               atol=1e-4 if precision == "fp32" else 1e-2, rtol=1e-3 if precision == "fp32" else 1e-2)
         assert r.device_memory_bytes >= 0
-    assert all(v["bad_fraction"] == 0 for v in report.values())
+    assert all(v["fail_frac"] == 0 for v in report.values())
     rec = t.measure([e, e], MeasureSettings(warmup_s=0.05, min_duration_s=0.2, min_iters=20), rounds=2)
     assert 0 < rec[0]["latency_ms"]["median"] <= rec[0]["latency_ms"]["p99"]
     assert rec[1]["ratio_to_first"] == pytest.approx(1.0, rel=0.3)
@@ -279,7 +288,7 @@ def test_int8_entropy_calibration_from_the_split_and_its_cache(small_onnx, tmp_p
 @pytest.mark.tensorrt
 def test_accuracy_runs_through_the_engine_in_any_batch(small_onnx, tmp_path):
     """evaluate_top1 feeds batches of 64 to an engine built for at most 4: the runner splits them."""
-    from stages.measure import evaluate_top1
+    from stages.evaluate import evaluate_top1
     from targets.ort_runner import OrtRunner
 
     t = get_target("tensorrt", {"precision": "fp32", "max_batch": 4})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import StageError
+from core.errors import StageError
 from targets.trtexec_infer import infer_argv, parse_exported_output
 
 # The layout exportJSONOutput (trtexec, samples/common/sampleReporting.cpp) writes; text written for the test.

@@ -42,7 +42,15 @@ class StageError(PipelineError):
 
 
 class ParityError(StageError):
-    """The exported graph's outputs differ from the PyTorch reference beyond tolerance."""
+    """A converted model's outputs differ from their reference (names, shapes or values)."""
+
+
+class ShapeMismatch(ParityError):
+    """A converted model gives other outputs (count, names or shapes) than its reference."""
+
+
+class ToleranceExceeded(ParityError):
+    """A converted model's output values differ from the reference beyond the tolerance."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -1,8 +1,9 @@
-"""Stage ``measure``: accuracy through the built engine, and the measurement record ``M``.
+"""Evaluation: what an engine (or a torch module) computes on a split.
 
 The latency and memory numbers come from the target (:meth:`targets.base.Target.measure`);
-this module adds what the engine computes (top-1 / fidelity on a split, run through the
-engine's own runner, so the number is the one that ships) and the model's MACs and params.
+this module gives what the engine computes (top-1 / fidelity on a split, run through the
+engine's own runner, so the number is the one that ships). The report's record ``M`` is
+:class:`core.records.Measurement`.
 """
 
 from __future__ import annotations
@@ -32,22 +33,3 @@ class TorchRunner:
     def run(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self.model(torch.from_numpy(x)).numpy()
-
-
-def measurement_record(timing: dict, *, onnx_bytes: int, params: int, macs: int, accuracy: float | None,
-                       metric: str) -> dict:
-    """Assemble ``M`` (report.json contract) from a target's timing record plus model facts."""
-    m = {
-        "latency_ms": timing["latency_ms"],
-        "throughput": timing["throughput"],
-        "memory_mb": timing["memory_mb"],
-        "onnx_bytes": onnx_bytes,
-        "engine_bytes": timing.get("engine_bytes"),
-        "params": params,
-        "macs": macs,
-        "accuracy": accuracy,
-        "accuracy_metric": metric,
-        "measured_on": timing["measured_on"],
-    }
-    extra = {k: v for k, v in timing.items() if k not in m}
-    return {**m, "details": extra}

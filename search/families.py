@@ -50,7 +50,7 @@ Mode = Literal["stage", "block", "group"]
 MODES: tuple[str, ...] = ("stage", "block", "group")
 
 
-class _Group(Protocol):  # stages.prune.tp_adapter.GroupInfo, without importing torch
+class _Group(Protocol):  # stages.model.graph.GroupInfo, without importing torch
     id: str
     width: int
     out_layers: tuple[str, ...]

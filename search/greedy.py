@@ -7,7 +7,7 @@ among its candidate widths that alone brings the LUT-predicted latency to that t
 proposal is pruned one-shot (+ BN re-estimation) and scored on the calibration split, and the
 most accurate proposal is taken. The taken step is **measured in full** on the target (and, when
 it looks within budget, measured again with more rounds before it counts), the measurement
-refits the LUT's calibration (:meth:`pipeline.lut.LatencyLUT.observe`), the step
+refits the LUT's calibration (:meth:`search.lut.LatencyLUT.observe`), the step
 gets a short recovery and is checked against the accuracy floor: a step that breaks the floor
 is rolled back (never proposed again) and the step size halved (AAP). When the step falls below
 ``min_reduction`` (the LUT no longer resolves it, or mis-prices every cut), every unit proposes
@@ -19,10 +19,10 @@ Candidate widths of a unit:
 
 - fixed rounding (``prune.round_to: N``): multiples of ``N`` (``2 · lut_points`` of them);
 - ``staircase`` (``prune.round_to: null``): the widest width of every step of the *measured*
-  latency staircase (:func:`pipeline.lut.staircase_bottoms`), so no cut lands inside a step
+  latency staircase (:func:`search.lut.staircase_bottoms`), so no cut lands inside a step
   where it would cost accuracy and save no time;
 - ``uniform`` (MaskPrune): one keep ratio per family, every member of a family with the same
-  original width keeping the same number of channels (:func:`pipeline.families.uniform_widths`);
+  original width keeping the same number of channels (:func:`search.families.uniform_widths`);
   with the staircase, the family's predicted cost curve gives the steps.
 
 Only the ``latency`` objective is searched this way; the LUT prices latency, not memory.
@@ -35,12 +35,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipeline.errors import ConfigError
-from pipeline.families import families as family_map
-from pipeline.families import uniform_widths
-from pipeline.lut import LatencyLUT, Progress, staircase_bottoms, width_grid
-from pipeline.tuner import Budgets, Candidate, SearchLimits, TuneResult, _Budgeted, run_search
-from stages.prune.tp_adapter import GroupInfo
+from core.errors import ConfigError
+from search.base import Budgeted, Candidate, SearchLimits, TuneResult, run_search
+from search.budget import Budgets
+from search.families import families as family_map
+from search.families import uniform_widths
+from search.lut import LatencyLUT, Progress, staircase_bottoms, width_grid
+from search.registry import SearchContext, SearchOutcome, register
+from stages.model.graph import GroupInfo
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class GreedySettings:
     lut_points: int = 6  # widths per group in the LUT grid
     min_reduction: float = 0.005  # below this step (fraction of the baseline) every unit proposes its next width
     uniform: bool = False  # one kept width per family (MaskPrune)
-    families: str = "stage"  # the family mode for ``uniform`` (pipeline.families)
+    families: str = "stage"  # the family mode for ``uniform`` (search.families)
     staircase: bool = False  # candidate widths at the bottoms of the measured staircase, not multiples of round_to
 
 
@@ -81,7 +83,7 @@ def search_greedy(ev: GreedyEvaluator, lut: LatencyLUT, objective: str, budgets:
     Args:
         progress: Called after every full measurement with (measurements, cap, current best).
     """
-    if objective != "latency" or budgets.latency_ms is None:
+    if objective != "latency" or not budgets.has_latency:
         raise ConfigError("search 'greedy' needs objective 'latency' with a latency or speedup budget",
                           hint="use --search global for the memory and accuracy objectives")
     if settings.uniform and settings.families == "group":
@@ -89,7 +91,7 @@ def search_greedy(ev: GreedyEvaluator, lut: LatencyLUT, objective: str, budgets:
                           hint="set tune.families to stage or block, or drop --uniform")
     units = make_units(ev.groups, lut, settings, round_to)
 
-    def body(b: _Budgeted) -> tuple[Candidate | None, str]:
+    def body(b: Budgeted) -> tuple[Candidate | None, str]:
         return _greedy(b, ev, lut, units, budgets, limits, settings)
 
     return run_search(ev, budgets, limits, body, log, clock, progress=progress)  # type: ignore[arg-type]
@@ -141,7 +143,7 @@ def _narrower(a: Mapping[str, int], widths: Mapping[str, int]) -> bool:
     return all(w <= widths[g] for g, w in a.items()) and any(w < widths[g] for g, w in a.items())
 
 
-def _greedy(b: _Budgeted, ev: GreedyEvaluator, lut: LatencyLUT, units: list[Unit], budgets: Budgets,
+def _greedy(b: Budgeted, ev: GreedyEvaluator, lut: LatencyLUT, units: list[Unit], budgets: Budgets,
             limits: SearchLimits, s: GreedySettings) -> tuple[Candidate | None, str]:
     full = {g.id: g.width for g in ev.groups}
     if s.staircase:
@@ -149,7 +151,9 @@ def _greedy(b: _Budgeted, ev: GreedyEvaluator, lut: LatencyLUT, units: list[Unit
             b.log(f"staircase {u.name}: widths " + ", ".join(
                 "/".join(str(a[g]) for g in u.members) for a in reversed(u.steps)) if u.steps else
                 f"staircase {u.name}: no step below the full width")
-    target = budgets.latency_ms * (1 - limits.latency_margin)
+    limit = budgets.latency_limit_ms(lut.base_ms)
+    assert limit is not None  # search_greedy checked there is a latency budget
+    target = limit * (1 - limits.latency_margin)
     widths = dict(full)
     observed: set[tuple] = set()
 
@@ -213,4 +217,45 @@ def _greedy(b: _Budgeted, ev: GreedyEvaluator, lut: LatencyLUT, units: list[Unit
             step /= 2
             b.log(f"iteration {it}: accuracy floor broken ({rec:.2f}); rolled back, step -> {step:.3f} ms")
     best = min(accepted, key=lambda c: c.latency_ms)
-    return best, f"budget not reachable: {reason} (best {best.latency_ms:.3f} ms, budget {budgets.latency_ms:.3f} ms)"
+    return best, f"budget not reachable: {reason} (best {best.latency_ms:.3f} ms, budget {limit:.3f} ms)"
+
+
+@register("greedy", summary="per-group widths, NetAdapt's schedule priced by a latency LUT measured on the target, "
+                            "AAP's rollback on the accuracy floor",
+          objectives=("latency",), needs_latency=True,
+          options=("initial_reduction", "decay", "lut_points", "uniform", "families", "max_candidates", "time_limit_s",
+                   "latency_margin"))
+def run_greedy(ctx: SearchContext) -> SearchOutcome:
+    """The registered ``greedy`` search: build (or reuse) the latency LUT, then search.
+
+    ``prune.round_to: null`` (``ctx.tune.staircase``) takes the widths from the measured staircase.
+    """
+    import copy
+
+    from search.lut import build_lut
+    from stages.model.cost import layer_terms
+
+    t, ev, groups = ctx.tune, ctx.evaluator, list(ctx.groups)
+    settings = GreedySettings(t.initial_reduction, t.decay, t.lut_points, uniform=t.uniform, families=t.families,
+                              staircase=t.staircase)
+    with ctx.progress("latency LUT") as tick:
+        lut = build_lut(groups, ev.speedups, ctx.baseline_ms, ctx.round_to, t.lut_points, dict(ctx.lut_key),
+                        log=ctx.log, staircase=t.staircase, progress=tick)
+    try:  # which conv / linear layers each group scales: the LUT's interaction model
+        lut.layers = layer_terms(copy.deepcopy(ev.model), ctx.example, groups)
+    except Exception as e:  # noqa: BLE001 - an exotic model: the additive model still works
+        ctx.log(f"LUT: no layer structure ({type(e).__name__}: {e}); predicting with the additive model")
+    with ctx.progress("greedy") as tick:
+        res = search_greedy(ev, lut, ctx.objective, ctx.budgets, ctx.limits, settings, ctx.round_to, log=ctx.log,
+                            progress=tick)
+    cal = lut.calibration({g.id: g.width for g in groups})
+    if cal["n"]:
+        loo = (f"leave-one-out mean {100 * cal['mean_abs_rel_err']:.1f}%, max {100 * cal['max_abs_rel_err']:.1f}%"
+               if cal["mean_abs_rel_err"] is not None else "no leave-one-out error (one point)")
+        ctx.log(f"LUT ({cal['model']}) vs {cal['n']} full measurements: {loo}; uncalibrated mean "
+                f"{100 * cal['raw']['mean_abs_rel_err']:.1f}% (additive model "
+                f"{100 * cal['additive_raw']['mean_abs_rel_err']:.1f}%)")
+    extra = {"lut": lut.to_json(), "lut_calibration": cal, "uniform": t.uniform}
+    if t.staircase:
+        extra["staircase"] = {g.id: lut.bottoms(g.id, g.width) for g in groups}
+    return SearchOutcome(res, extra)

@@ -38,10 +38,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.errors import ConfigError, StageError
+from core.errors import ConfigError, StageError
+from stages.model.graph import PruneGraph
 from stages.prune.plan import PruningPlan, apply_plan
-from stages.prune.tp_adapter import PruneGraph
-from stages.recover import DistillSettings, distill, kd_batch_loss, materialise
+from stages.recover.distill import DistillSettings, distill, kd_batch_loss, materialise
 
 EXACT_ATOL = 1e-4  # masked model at step K vs. hard-pruned model: max |diff| <= EXACT_ATOL * max(1, max |out|)
 
@@ -161,7 +161,7 @@ def soft_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
     teacher = model.eval()
     blocks = tuple(getattr(plan, "drop_blocks", ()))  # depth pruning: the plan's groups are those without them
     if blocks:
-        from stages.prune.depth import drop_blocks
+        from stages.model.blocks import drop_blocks
 
         student = drop_blocks(model, blocks)
     else:

@@ -43,8 +43,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
-from stages.prune.tp_adapter import GroupInfo
+from core.errors import ConfigError
+from stages.model.graph import GroupInfo
 
 Intervention = tuple[str, torch.Tensor] | Mapping[str, torch.Tensor]
 Override = Callable[[str, nn.Module, tuple, dict, int, bool], torch.Tensor]

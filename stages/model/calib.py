@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from stages.prune.tp_adapter import GroupInfo
+from stages.model.graph import GroupInfo
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 

@@ -10,7 +10,7 @@ import fnmatch
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from pipeline.errors import SpecError, did_you_mean
+from core.errors import SpecError, did_you_mean
 
 T = TypeVar("T")
 
@@ -26,6 +26,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.plural = plural or f"{kind}s"
         self._entries: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}  # alias -> name (resolved by get, not listed)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that registers ``obj`` under ``name``; a duplicate name raises."""
@@ -36,16 +37,18 @@ class Registry(Generic[T]):
 
         return deco
 
-    def add(self, name: str, obj: T) -> None:
-        """Register ``obj`` under ``name``; a duplicate name raises ``ValueError``."""
-        if name in self._entries:
-            raise ValueError(f"duplicate {self.kind} '{name}'")
+    def add(self, name: str, obj: T, aliases: tuple[str, ...] = ()) -> None:
+        """Register ``obj`` under ``name`` (and ``aliases``); a duplicate name raises ``ValueError``."""
+        for n in (name, *aliases):
+            if n in self._entries or n in self._aliases:
+                raise ValueError(f"duplicate {self.kind} '{n}'")
         self._entries[name] = obj
+        self._aliases.update({a: name for a in aliases})
 
     def get(self, name: str) -> T:
         """Return the entry for ``name`` or raise a SpecError that suggests the closest name."""
         try:
-            return self._entries[name]
+            return self._entries[self._aliases.get(name, name)]
         except KeyError:
             known = ", ".join(sorted(self._entries))
             raise SpecError(
@@ -58,7 +61,7 @@ class Registry(Generic[T]):
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -1,32 +1,19 @@
-"""The ``global`` search: one pruning ratio for every group, chosen on *measured* cost.
+"""What every search shares: the candidate, the evaluator interface, limits, and the search frame.
 
-The tuner decides *how much* to prune. Which channels go is the criterion's business, and what a
+A search decides *how much* to prune. Which channels go is the criterion's business, and what a
 candidate costs is the target's; both arrive through the :class:`Evaluator` callbacks, so the
-search logic is testable with a deterministic cost model.
-
-Objectives (the three AAP policies):
-
-- ``latency`` / ``memory``: bisection on the ratio for the *smallest* ratio whose measured
-  resources meet every given budget (latency, memory). A candidate that looks feasible is
-  re-measured with more rounds before it counts (a lucky first measurement is common on a busy
-  machine). Less pruning means more accuracy, so that
-  point maximises accuracy; it gets a short recovery and its accuracy is checked against the
-  floor.
-- ``accuracy``: AAP's adaptive rule (``apdaptive_pruning_given_target``). Step the ratio up by
-  ``step``; a step whose recovered accuracy keeps the floor is accepted, one that breaks it is
-  rolled back to the last good point and the step is halved; stop when the step is below
-  ``min_step``. The accepted candidate with the lowest measured latency wins.
-
-Every search is bounded by ``max_candidates`` evaluations and ``time_limit_s``; an impossible
-budget ends with the best candidate and ``met = False``, never a loop.
+search logic is testable with a deterministic cost model. :func:`run_search` is the frame every
+search body runs in: the candidate and time caps, the evaluation cache, logging, the feasibility
+flags and the result. Budgets and the verdict are :mod:`search.budget`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from search.budget import Budgets
 
 
 @dataclass
@@ -65,27 +52,6 @@ class Evaluator(Protocol):
 
 
 @dataclass(frozen=True)
-class Budgets:
-    latency_ms: float | None
-    memory_mb: float | None
-    max_accuracy_drop: float | None
-    baseline_accuracy: float | None
-
-    def resources_met(self, c: Candidate, margin: float = 0.0) -> bool:
-        ok = True
-        if self.latency_ms is not None:
-            ok &= c.latency_ms <= self.latency_ms * (1 - margin)
-        if self.memory_mb is not None:
-            ok &= c.memory_mb <= self.memory_mb
-        return ok
-
-    def accuracy_met(self, acc: float | None) -> bool:
-        if self.max_accuracy_drop is None or self.baseline_accuracy is None or acc is None:
-            return True
-        return self.baseline_accuracy - acc <= self.max_accuracy_drop + 1e-9
-
-
-@dataclass(frozen=True)
 class SearchLimits:
     max_ratio: float = 0.9
     step: float = 0.2
@@ -103,11 +69,11 @@ class TuneResult:
     log: list[str]
 
 
-class _Budgeted:
+class Budgeted:
     """Evaluation cache with an iteration and time cap."""
 
     def __init__(self, ev: Evaluator, limits: SearchLimits, log: Callable[[str], None],
-                 clock: Callable[[], float], on_measure: Callable[[_Budgeted], None] | None = None) -> None:
+                 clock: Callable[[], float], on_measure: Callable[[Budgeted], None] | None = None) -> None:
         self.ev, self.limits, self.log, self.clock = ev, limits, log, clock
         self.on_measure = on_measure  # after every evaluation (progress bars)
         self.start = clock()
@@ -184,7 +150,7 @@ def best_line(cands: list[Candidate], budgets: Budgets, margin: float = 0.0) -> 
 
 
 def run_search(ev: Evaluator, budgets: Budgets, limits: SearchLimits,
-               body: Callable[[_Budgeted], tuple[Candidate | None, str]],
+               body: Callable[[Budgeted], tuple[Candidate | None, str]],
                log: Callable[[str], None], clock: Callable[[], float], *,
                progress: Callable[[int, int, str], None] | None = None) -> TuneResult:
     """Shared frame of every search: caps, logging, feasibility flags and the result.
@@ -198,11 +164,11 @@ def run_search(ev: Evaluator, budgets: Budgets, limits: SearchLimits,
         lines.append(s)
         log(s)
 
-    def tick(bb: _Budgeted) -> None:
+    def tick(bb: Budgeted) -> None:
         if progress is not None:
             progress(bb.evaluations, limits.max_candidates, best_line(bb.order, budgets, limits.latency_margin))
 
-    b = _Budgeted(ev, limits, say, clock, tick if progress is not None else None)
+    b = Budgeted(ev, limits, say, clock, tick if progress is not None else None)
     chosen, reason = body(b)
     for c in b.order:
         c.feasible = budgets.resources_met(c)
@@ -212,75 +178,3 @@ def run_search(ev: Evaluator, budgets: Budgets, limits: SearchLimits,
         chosen.accepted = True
     say(f"stop: {reason}")
     return TuneResult(chosen, b.order, reason, lines)
-
-
-def search_global(ev: Evaluator, objective: str, budgets: Budgets, limits: SearchLimits,
-                  log: Callable[[str], None] = lambda s: None,
-                  clock: Callable[[], float] = time.monotonic, *,
-                  progress: Callable[[int, int, str], None] | None = None) -> TuneResult:
-    """Run the global-ratio search for ``objective``; see the module docstring. ``progress`` as in
-    :func:`run_search`."""
-    body = _aap_stepping if objective == "accuracy" else _bisect_resources
-    return run_search(ev, budgets, limits, lambda b: body(b, budgets, limits), log, clock, progress=progress)
-
-
-def _bisect_resources(b: _Budgeted, budgets: Budgets, limits: SearchLimits) -> tuple[Candidate | None, str]:
-    margin = limits.latency_margin
-    lo = b.measure(0.0)
-    if budgets.resources_met(lo, margin) and budgets.resources_met(b.confirm(lo), margin):
-        b.recover(lo)
-        return lo, "the unpruned model already meets the budget"
-    hi = b.measure(limits.max_ratio)
-    if not (budgets.resources_met(hi, margin) and budgets.resources_met(b.confirm(hi), margin)):
-        best = min(b.order, key=lambda c: (c.latency_ms, c.memory_mb))
-        b.recover(best)
-        return best, f"budget not reachable: even ratio {limits.max_ratio} misses it (best candidate kept)"
-    b.recover(hi)
-    r_lo, r_hi, best = 0.0, limits.max_ratio, hi
-    reason = "bisection converged"
-    while r_hi - r_lo > limits.min_step:
-        why = b.exhausted()
-        if why:
-            reason = why
-            break
-        mid = round((r_lo + r_hi) / 2, 4)
-        c = b.measure(mid)
-        if budgets.resources_met(c, margin) and budgets.resources_met(b.confirm(c), margin):
-            r_hi = mid
-            if c.ratio <= best.ratio:
-                best = c
-                b.recover(c)
-        else:
-            r_lo = mid
-    return best, reason
-
-
-def _aap_stepping(b: _Budgeted, budgets: Budgets, limits: SearchLimits) -> tuple[Candidate | None, str]:
-    good = b.measure(0.0)
-    b.recover(good)
-    accepted = [good]
-    ratio, step, resets = 0.0, limits.step, 0
-    reason = "step fell below min_step"
-    while step >= limits.min_step:
-        why = b.exhausted()
-        if why:
-            reason = why
-            break
-        nxt = round(min(limits.max_ratio, ratio + step), 4)
-        if nxt <= ratio + 1e-9:
-            reason = f"reached max_ratio {limits.max_ratio}"
-            break
-        c = b.measure(nxt)
-        acc = b.recover(c)
-        if budgets.accuracy_met(acc):
-            accepted.append(c)
-            ratio, resets = nxt, 0
-        else:  # AAP rollback: back to the last good point, halve the step
-            resets += 1
-            step /= 2
-            if resets >= 3 and len(accepted) > 1:  # AAP: after the 3rd reset, back off one more accepted round
-                accepted.pop()
-                ratio = accepted[-1].ratio
-                resets = 0
-    feasible = [c for c in accepted if budgets.resources_met(c)] or accepted
-    return min(feasible, key=lambda c: (c.latency_ms, -c.ratio)), reason

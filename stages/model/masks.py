@@ -173,7 +173,7 @@ def build_masks(model: nn.Module, stats: Mapping[str, object], spec: MaskSpec,
 
     Args:
         model: The model (not modified).
-        stats: Layer name -> ``InputStats`` (``stages.score.calib_stats.collect_input_stats``).
+        stats: Layer name -> ``InputStats`` (``stages.model.calib.collect_input_stats``).
         spec: The pattern.
         weight_score: ``(name, layer, stats) -> weight-shaped scores`` (higher = keep).
         ignore: Layers left dense (pass the classifier head, as Wanda leaves ``lm_head``).
@@ -226,13 +226,13 @@ def apply_masks(model: nn.Module, masks: WeightMasks | Mapping[str, torch.Tensor
     if todo and stats is None:
         raise ValueError("bias compensation needs the calibration statistics (stats=...)")
     out = copy.deepcopy(model)
-    _mask_in_place(out, pruned, stats or {}, todo, bn_after)
+    mask_in_place(out, pruned, stats or {}, todo, bn_after)
     return out
 
 
-def _mask_in_place(model: nn.Module, pruned: Mapping[str, torch.Tensor], stats: Mapping[str, object],
+def mask_in_place(model: nn.Module, pruned: Mapping[str, torch.Tensor], stats: Mapping[str, object],
                    todo: Collection[str], bn_after: Mapping[str, str] | None) -> None:
-    from stages.prune.compensate import add_output_shift, masked_shift
+    from stages.model.bias import add_output_shift, masked_shift
 
     modules = dict(model.named_modules())
     for name, mask in pruned.items():
@@ -294,7 +294,6 @@ def sparsity_report(model: nn.Module, layers: Collection[str] | None = None, spe
 
 # ------------------------------------------------------------------ one call for the pipeline
 
-WEIGHT_CRITERIA = ("wanda", "stade", "stadew", "magnitude")
 
 
 def magnitude_masks(model: nn.Module, stats: Mapping[str, object], spec: MaskSpec | str = "0.5",
@@ -309,11 +308,11 @@ def output_layer(model: nn.Module, x: torch.Tensor) -> str | None:
     """The last Linear/Conv2d to run: the classifier head, left dense by default (as Wanda leaves
     ``lm_head``), since its rows are each one class."""
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    order = _execution_order(model, x, names)
+    order = execution_order(model, x, names)
     return order[-1] if order else None
 
 
-def _execution_order(model: nn.Module, x: torch.Tensor, names: Collection[str]) -> list[str]:
+def execution_order(model: nn.Module, x: torch.Tensor, names: Collection[str]) -> list[str]:
     order: list[str] = []
     modules = dict(model.named_modules())
     hooks = [modules[n].register_forward_pre_hook(lambda mod, inp, n=n: order.append(n) if n not in order else None)
@@ -325,53 +324,3 @@ def _execution_order(model: nn.Module, x: torch.Tensor, names: Collection[str]) 
         for h in hooks:
             h.remove()
     return order
-
-
-def sparsify(model: nn.Module, inputs: Collection[torch.Tensor], criterion: str, spec: MaskSpec | str,
-             ignore: Collection[str] = (), sequential: bool = True,
-             bn_after: Mapping[str, str] | None = None) -> tuple[nn.Module, WeightMasks, dict]:
-    """Mask a model by Wanda / STADE / stadew weight scores; returns (masked copy, masks, report).
-
-    Args:
-        model: The dense model (not modified).
-        inputs: Calibration input batches (a list: they are read more than once).
-        criterion: ``wanda``, ``stade``, ``stadew`` or ``magnitude``.
-        spec: ``"0.5"`` (per row), ``"2:4"``, ``"4:8"``, ``"layer:0.5"`` ... (:meth:`MaskSpec.parse`).
-        ignore: Layers left dense (pass the classifier head).
-        sequential: Layer by layer in execution order, each scored (and compensated) on the
-            inputs produced by the already-masked layers before it, as the authors propagate
-            pruned activations block by block. ``False``: every layer from the dense model's
-            statistics in one pass (one forward instead of one per layer).
-        bn_after: Layer -> BN fed only by it, to fold shifts of bias-less layers.
-
-    The report carries :data:`DENSE_RUNTIME_NOTE`: masks do not make dense runtimes faster.
-    """
-    from pipeline.errors import ConfigError, did_you_mean
-    from stages.score import stade, wanda
-    from stages.score.calib_stats import collect_input_stats
-
-    builders = {"wanda": wanda.wanda_masks, "stade": stade.stade_masks, "stadew": stade.stadew_masks,
-                "magnitude": magnitude_masks}
-    if criterion not in builders:
-        raise ConfigError(f"criterion '{criterion}' has no weight-level (unstructured / N:M) form."
-                          f"{did_you_mean(criterion, builders)}", hint=f"use one of {', '.join(WEIGHT_CRITERIA)}")
-    spec = MaskSpec.parse(spec) if isinstance(spec, str) else spec
-    inputs = list(inputs)
-    if not sequential:
-        stats = collect_input_stats(model, inputs)
-        masks = builders[criterion](model, stats, spec, ignore)
-        out = apply_masks(model, masks, stats, bn_after=bn_after)
-    else:
-        out = copy.deepcopy(model).eval()
-        names = [n for n, m in out.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n not in ignore]
-        pruned, comp, skipped = {}, set(), {}
-        for name in _execution_order(out, inputs[0], names):
-            stats = collect_input_stats(out, inputs, [name])
-            one = builders[criterion](out, stats, spec, ignore)
-            with torch.no_grad():
-                _mask_in_place(out, one.pruned, stats, one.compensate, bn_after)
-            pruned.update(one.pruned)
-            comp |= one.compensate
-            skipped.update(one.skipped)
-        masks = WeightMasks(pruned, spec, frozenset(comp), skipped)
-    return out, masks, sparsity_report(out, layers=list(masks.pruned), spec=spec)

@@ -1,4 +1,4 @@
-"""The tuner's :class:`~pipeline.tuner.Evaluator` for real models on a real target.
+"""The searches' :class:`~search.base.Evaluator` for real models on a real target.
 
 A candidate is the original model pruned one-shot at a global ratio with the run's criterion
 scores, BN statistics re-estimated on calibration data, exported to ONNX and measured on the
@@ -10,20 +10,61 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipeline.tuner import Candidate
+from search.base import Candidate
+from stages.evaluate import TorchRunner, evaluate_top1
 from stages.export import ExportSettings, export_onnx
 from stages.load.data import DataBundle
-from stages.measure import TorchRunner, evaluate_top1
-from stages.prune.apply import Pruner
-from stages.prune.plan import macs_params, make_plan, uniform_ratios
-from stages.prune.tp_adapter import GroupInfo
+from stages.model.cost import macs_params
+from stages.model.graph import GroupInfo
+from stages.prune.apply import Pruner, PruneSettings
+from stages.prune.plan import make_plan, uniform_ratios
 from stages.recover import DistillSettings, distill
 from targets.base import MeasureSettings, Target, build_engine
+
+
+@dataclass(frozen=True)
+class EvaluatorSettings:
+    """How candidates are made and measured (frozen; ``pipeline.settings.evaluator_settings`` builds it
+    from the run's config, for the tune stage and for every ``pipeline worker`` alike).
+
+    Attributes:
+        prune: The pruner's settings (criterion for compensation, BN re-estimation).
+        round_to: Channel rounding of the plans.
+        ignore: Modules never pruned.
+        max_ratio: The most any group may lose (allocation clipping).
+        measure: Candidate measurement settings (shorter than the final measurement's).
+        rounds: Interleaved rounds per candidate measurement.
+        export: ONNX export settings.
+        distill: The short recovery of a candidate (``steps: 0`` for none).
+    """
+
+    prune: PruneSettings
+    round_to: int | None
+    ignore: tuple[str, ...]
+    max_ratio: float
+    measure: MeasureSettings
+    rounds: int
+    export: ExportSettings
+    distill: DistillSettings
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What the search prunes: the model (depth-pruned where blocks were dropped), its sample shape,
+    data, prunable groups, the criterion's scores and optional per-group allocation (SBPF)."""
+
+    model: nn.Module
+    sample_shape: tuple[int, ...]
+    data: DataBundle
+    groups: list[GroupInfo]
+    scores: Mapping[str, torch.Tensor]
+    allocation: Mapping[str, float] | None = None
 
 
 class CandidateEvaluator:
@@ -31,28 +72,35 @@ class CandidateEvaluator:
 
     :meth:`measure` takes a global ratio (the ``global`` search); :meth:`measure_policy` takes any
     per-group policy (per-layer searches).
+
+    Args:
+        subject: What is pruned.
+        target: Where candidates are measured.
+        settings: How candidates are made and measured.
+        workdir: Scratch folder for candidate ONNX files.
+        baseline_onnx: The unpruned model's ONNX (every candidate is timed interleaved with it).
+        baseline_latency_ms: The baseline stage's median: candidate latencies are this divided by
+            the measured speedup, so drift of the machine's speed cancels out of comparisons.
     """
 
-    def __init__(self, *, model: nn.Module, sample_shape: tuple[int, ...], data: DataBundle, groups: list[GroupInfo],
-                 scores: dict[str, torch.Tensor], round_to: int | None, ignore: tuple[str, ...],
-                 pruner: Pruner, target: Target, measure: MeasureSettings,
-                 export: ExportSettings, distill: DistillSettings, workdir: Path,
-                 baseline_onnx: Path, baseline_latency_ms: float, rounds: int,
-                 allocation: Mapping[str, float] | None = None, max_ratio: float = 0.9) -> None:
-        self.model, self.sample_shape, self.data = model, sample_shape, data
-        self.groups, self.scores, self.round_to, self.ignore = groups, scores, round_to, ignore
-        self.pruner = pruner
-        self.target, self.measure_settings, self.export_settings = target, measure, export
-        self.distill_settings = distill
+    def __init__(self, subject: Subject, target: Target, settings: EvaluatorSettings, *, workdir: Path,
+                 baseline_onnx: Path, baseline_latency_ms: float) -> None:
+        self.subject, self.settings = subject, settings
+        self.model, self.sample_shape, self.data = subject.model, tuple(subject.sample_shape), subject.data
+        self.groups, self.scores = list(subject.groups), subject.scores
+        self.round_to, self.ignore = settings.round_to, settings.ignore
+        self.pruner = Pruner(self.model, torch.zeros((2, *self.sample_shape)), self.data.calib, settings.prune)
+        self.target, self.measure_settings, self.export_settings = target, settings.measure, settings.export
+        self.distill_settings = settings.distill
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.baseline_engine = self._build(Path(baseline_onnx), model)
-        self.baseline_latency_ms, self.rounds = baseline_latency_ms, rounds
+        self.baseline_engine = self._build(Path(baseline_onnx), self.model)
+        self.baseline_latency_ms, self.rounds = baseline_latency_ms, settings.rounds
         self.evaluations = 0  # full-model measurements actually made
         self._cache: dict[tuple, Candidate] = {}
-        self._full_key = tuple(sorted((g.id, g.width) for g in groups))
+        self._full_key = tuple(sorted((g.id, g.width) for g in self.groups))
         self._oneshot: dict[tuple, float] = {}
-        self.allocation, self.max_ratio = allocation, max_ratio  # SBPF: per-group share of a global ratio
+        self.allocation, self.max_ratio = subject.allocation, settings.max_ratio  # SBPF: per-group share of a ratio
 
     def _build(self, onnx_path: Path, module: nn.Module):
         return build_engine(self.target, onnx_path, self.sample_shape, self.workdir, module=module,

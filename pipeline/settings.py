@@ -1,0 +1,84 @@
+"""Config -> stage settings, in one place.
+
+Every stage, search and target takes a small frozen settings object; this module is the only
+place that reads a :class:`~pipeline.config.RunConfig` to make them, so the tune stage and every
+``pipeline worker`` build the same evaluator from the same config (:func:`build_evaluator`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import RunConfig
+from search.base import SearchLimits
+from search.budget import Budgets
+from search.evaluator import CandidateEvaluator, EvaluatorSettings, Subject
+from search.registry import TuneSettings
+from stages.export import ExportSettings
+from stages.prune.apply import PruneSettings
+from stages.recover.distill import DistillSettings
+from targets.base import MeasureSettings
+
+
+def export_settings(cfg: RunConfig) -> ExportSettings:
+    e = cfg.export
+    return ExportSettings(opset=e.opset, exporter=e.exporter, atol=e.atol, rtol=e.rtol)
+
+
+def measure_settings(cfg: RunConfig, candidate: bool = False) -> MeasureSettings:
+    """The final measurement's settings, or a search candidate's (shorter rounds)."""
+    m = cfg.measure
+    duration = m.candidate_duration_s if candidate else m.min_duration_s
+    return MeasureSettings(m.threads, m.batch, m.warmup_s, duration, m.min_iters)
+
+
+def distill_settings(cfg: RunConfig, steps: int) -> DistillSettings:
+    r = cfg.recovery
+    return DistillSettings(steps=steps, batch_size=r.batch_size, lr=r.lr, temperature=r.temperature,
+                           alpha=r.alpha, seed=cfg.seed)
+
+
+def prune_settings(cfg: RunConfig, criterion: str | None = None) -> PruneSettings:
+    """The pruner's settings; ``criterion`` overrides the config's (a replayed plan's own criterion)."""
+    p = cfg.prune
+    return PruneSettings(str(criterion or cfg.criterion), p.recalibrate_bn, p.recalibrate_batches)
+
+
+def search_limits(cfg: RunConfig) -> SearchLimits:
+    t = cfg.tune
+    return SearchLimits(cfg.prune.max_ratio, t.step, t.min_step, t.max_candidates, t.time_limit_s, t.latency_margin)
+
+
+def budgets(cfg: RunConfig, baseline_accuracy: float | None) -> Budgets:
+    """The user's budgets, each in the unit it was given (``--speedup`` stays a speedup)."""
+    c = cfg.constraints
+    return Budgets(c.latency_ms, c.memory_mb, c.max_accuracy_drop, baseline_accuracy, speedup=c.speedup)
+
+
+def tune_settings(cfg: RunConfig, run_dir: Path) -> TuneSettings:
+    """The strategies' knobs; the Optuna study defaults to ``sqlite:///RUN/study.db``, named after the run."""
+    t = cfg.tune
+    return TuneSettings(
+        initial_reduction=t.initial_reduction, decay=t.decay, lut_points=t.lut_points, families=t.families,
+        keep_step=t.keep_step, sampler=t.sampler, recover_top=t.recover_top, uniform=t.uniform,
+        staircase=cfg.prune.round_to is None or cfg.prune.round_to <= 1,
+        storage=t.storage or f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}",
+        study=t.study or f"edge-{Path(run_dir).resolve().name}")
+
+
+def evaluator_settings(cfg: RunConfig) -> EvaluatorSettings:
+    """How the search makes and measures candidates: candidate measurement, the short recovery of
+    ``recovery.tune_steps`` (none with ``recovery.method: none``), prune and export settings."""
+    r, p = cfg.recovery, cfg.prune
+    return EvaluatorSettings(prune=prune_settings(cfg), round_to=p.round_to, ignore=p.ignore, max_ratio=p.max_ratio,
+                             measure=measure_settings(cfg, candidate=True), rounds=cfg.measure.candidate_rounds,
+                             export=export_settings(cfg),
+                             distill=distill_settings(cfg, r.tune_steps if r.method != "none" else 0))
+
+
+def build_evaluator(cfg: RunConfig, subject: Subject, target: Any, *, workdir: Path, baseline_onnx: Path,
+                    baseline_latency_ms: float) -> CandidateEvaluator:
+    """The run's candidate evaluator: the tune stage and ``pipeline worker`` both build it here."""
+    return CandidateEvaluator(subject, target, evaluator_settings(cfg), workdir=Path(workdir),
+                              baseline_onnx=Path(baseline_onnx), baseline_latency_ms=baseline_latency_ms)

@@ -60,8 +60,8 @@ COPY pyproject.toml /src/pyproject.toml
 RUN --mount=type=cache,target=/root/.cache/pip,id=edge-pipeline-pip,sharing=locked \
     --mount=type=secret,id=ca --mount=type=secret,id=pipconf \
     set -eu; cd /src; echo "deps refresh: ${DEPS_REFRESH:-none}"; \
-    mkdir -p pipeline stages/load targets /tmp/stub; touch README.md pipeline/__init__.py stages/__init__.py \
-      stages/load/__init__.py targets/__init__.py; \
+    mkdir -p core search pipeline stages/load targets /tmp/stub; touch README.md core/__init__.py search/__init__.py \
+      pipeline/__init__.py stages/__init__.py stages/load/__init__.py targets/__init__.py; \
     wh=/root/.cache/pip/wheelhouse; mkdir -p "$wh"; \
     edge-pip wheel -w "$wh" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} /src; \
     mv "$wh"/edge_pipeline-*.whl /tmp/stub/; \
@@ -77,6 +77,8 @@ FROM deps AS app
 # docker/stage_project.py checks it and stages its files (a few MB) for the runtime stage.
 COPY README.md /src/README.md
 COPY pyproject.toml /src/pyproject.toml
+COPY core /src/core
+COPY search /src/search
 COPY pipeline /src/pipeline
 COPY stages /src/stages
 COPY targets /src/targets

@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-1
 # postgres tests run when PostgreSQL is installed (they start their own server) and skip with the reason otherwise
 PYTEST_MARKERS ?= not slow and not docker and not cuda and not tensorrt and not jetson
 
-.PHONY: run test test-slow test-docker bench clean venv
+.PHONY: run test lint test-slow test-docker bench clean venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found (hint: install Python 3.11 or run make PY=python3)"; exit 2; }
@@ -21,8 +21,13 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/pipeline run
 
-## make test: set up and run the default test suite (no GPU, no Docker, no PostgreSQL needed)
-test: $(STAMP)
+## make lint: the layer contract (import-linter: no upward import, no cycle) and ruff (pyflakes, isort, bugbear, complexity)
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+
+## make test: set up, lint, and run the default test suite (no GPU, no Docker, no PostgreSQL needed)
+test: lint
 	$(BIN)/python -m pytest -q -m "$(PYTEST_MARKERS)"
 
 ## make test-slow: the long tests too (several minutes)

@@ -566,7 +566,7 @@ def merge(old: list[dict], new: list[dict]) -> list[dict]:
 
 
 def machine() -> dict:
-    from targets.cpu import cpu_name, physical_cores
+    from targets.ort.cpu import cpu_name, physical_cores
 
     return {"cpu": cpu_name(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -21,7 +21,7 @@ What is pruned:
   (the JSON records what it found). The residual width (768) is left alone as well.
 
 Weights are random init (``weights=None``: nothing is downloaded); latency does not depend on
-weight values. Method of measurement: see ``targets/cuda.py`` (CUDA events per call after a
+weight values. Method of measurement: see ``targets/cuda/`` (CUDA events per call after a
 warm-up, engines interleaved round by round after a discarded round, median of per-round ratios).
 
 Run on a machine with a CUDA GPU::

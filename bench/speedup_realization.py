@@ -3,7 +3,7 @@
 For each model, the benchmark prunes 30 / 50 / 70 % of the channels of every prunable group
 (uniform ratio, magnitude-L2 scores, ``round_to=8``, classifier left alone), exports the baseline
 and the three pruned copies to ONNX, and measures all four with ONNX Runtime (CPU execution
-provider) through :class:`targets.cpu.CpuTarget`. It reports, per (model, ratio)::
+provider) through :class:`targets.ort.cpu.CpuTarget`. It reports, per (model, ratio)::
 
     MAC reduction    = MACs(baseline) / MACs(pruned)
     measured speedup = median over rounds of  baseline round median / pruned round median
@@ -51,7 +51,7 @@ from stages.model.cost import macs_params
 from stages.model.graph import PruneGraph
 from stages.prune.plan import PruningPlan, apply_plan, make_plan, uniform_ratios
 from targets.base import Engine, MeasureSettings
-from targets.cpu import CpuTarget, cpu_name, physical_cores
+from targets.ort.cpu import CpuTarget, cpu_name, physical_cores
 
 MODELS = {
     "resnet18": "torchvision:resnet18",

@@ -211,7 +211,7 @@ def remeasure(a: argparse.Namespace, baseline_onnx: Path, runs: dict[str, dict],
               workdir: Path) -> dict[str, dict]:
     """Every final model with the unpruned one in one fresh process, interleaved; speedup per run label."""
     from targets.base import MeasureSettings
-    from targets.cpu import CpuTarget
+    from targets.ort.cpu import CpuTarget
 
     labels = [k for k, r in runs.items() if "error" not in r and Path(r["run_dir"], "model.onnx").is_file()]
     if not labels:

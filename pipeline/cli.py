@@ -21,79 +21,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 EXIT_MET, EXIT_UNMET, EXIT_ERROR = 0, 1, 2
 
 
-def _shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        dims = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"bad --input-shape '{text}'", hint="give C,H,W, e.g. 3,224,224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise ConfigError(f"bad --input-shape '{text}'", hint="give positive C,H,W, e.g. 3,224,224")
-    return dims
-
-
-def _options(items: list[str] | None, flag: str = "--target-option",
-             example: str = "device_profile=orin-nano-8gb") -> dict | None:
-    if not items:
-        return None
-    out: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"bad {flag} '{item}'", hint=f"use KEY=VALUE, e.g. {example}")
-        import yaml
-
-        out[key.strip()] = yaml.safe_load(value)  # numbers and booleans as YAML reads them
-    return out
-
-
-@app.command()
-def run(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: examples/default.yaml)")] = None,
-    model: Annotated[Optional[str], typer.Option(help="example:NAME | torchvision:NAME | timm:NAME | file:PATH | python:mod:fn")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="architecture spec for a file: state_dict")] = None,
-    data: Annotated[Optional[str], typer.Option(help="digits | imagefolder:PATH | random | python:mod:fn")] = None,
-    input_shape: Annotated[Optional[str], typer.Option(help="sample shape C,H,W")] = None,
-    target: Annotated[Optional[str], typer.Option(help="target name (see `pipeline targets`)")] = None,
-    device: Annotated[Optional[str], typer.Option(help="user@host[:port] of a remote device")] = None,
-    target_option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE target option (repeatable)")] = None,
-    objective: Annotated[Optional[str], typer.Option(help="latency | memory | accuracy")] = None,
-    latency_ms: Annotated[Optional[float], typer.Option(help="latency budget in ms (median, batch from config)")] = None,
-    speedup: Annotated[Optional[float], typer.Option(help="latency budget as speedup over the unpruned model")] = None,
-    memory_mb: Annotated[Optional[float], typer.Option(help="memory budget in MB")] = None,
-    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="accuracy floor: max drop in points")] = None,
-    criterion: Annotated[Optional[str], typer.Option(help="scoring criterion (see `pipeline criteria`)")] = None,
-    criterion_option: Annotated[Optional[list[str]], typer.Option(
-        help="KEY=VALUE criterion parameter (repeatable; see `pipeline criteria`)")] = None,
-    search: Annotated[Optional[str], typer.Option(help="search strategy (see `pipeline searches`)")] = None,
-    policy: Annotated[Optional[Path], typer.Option(help="replay a policy.json instead of searching")] = None,
-    recovery_steps: Annotated[Optional[int], typer.Option(help="distillation steps after pruning (0 = none)")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="runtime threads (default: physical cores)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<UTC>-<model>)")] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out, rerunning only stale stages")] = False,
-    dry_run: Annotated[bool, typer.Option(help="print the resolved config and stage plan; run nothing")] = False,
-    seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option(help="allow loading pickled modules from file: checkpoints")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the final tables")] = False,
-    uniform: Annotated[bool, typer.Option(
-        "--uniform", help="one kept width per family (all blocks of a stage) in greedy / optuna (tune.uniform)")] = False,
-) -> None:
+def run(**opts) -> None:
     """Prune, recover, export, build and measure; exit 0 if the constraints hold, 1 if not."""
     from pipeline.config import config_to_yaml, resolve_config
     from pipeline.console import Console
     from pipeline.orchestrate import plan_text, run_pipeline
+    from pipeline.run_options import overlay
 
-    overrides = {
-        "model": model, "arch": arch, "data": data, "input_shape": _shape(input_shape), "target": target,
-        "device": device, "target_options": _options(target_option), "objective": objective, "criterion": criterion,
-        "criterion_options": _options(criterion_option, "--criterion-option", "alpha=0.01"), "search": search,
-        "policy": str(policy) if policy else None, "seed": seed, "trust_checkpoint": trust_checkpoint or None,
-        "constraints": {"latency_ms": latency_ms, "speedup": speedup, "memory_mb": memory_mb,
-                        "max_accuracy_drop": max_accuracy_drop},
-        "recovery": {"steps": recovery_steps}, "measure": {"threads": threads},
-        "tune": {"uniform": True if uniform else None},
-    }
+    config, out, resume = opts["config"], opts["out"], opts["resume"]
+    overrides = overlay(opts)
     if resume and out is None:
         raise ConfigError("--resume needs --out RUN_DIR", hint="pass the folder of the run to continue")
     base = None
@@ -102,13 +38,23 @@ def run(
 
         base = saved_config(out)
     cfg = resolve_config(config, overrides, base=base)
-    if dry_run:
+    if opts["dry_run"]:
         typer.echo(config_to_yaml(cfg))
         typer.echo(plan_text(cfg, out))
         raise typer.Exit(EXIT_MET)
-    ui = Console(quiet=quiet)
+    ui = Console(quiet=opts["quiet"])
     met = run_pipeline(cfg, out, resume=resume, ui=ui)
     raise typer.Exit(EXIT_MET if met else EXIT_UNMET)
+
+
+def _register_run() -> None:
+    from pipeline.run_options import signature
+
+    run.__signature__ = signature()  # the options are declared once, in pipeline.run_options.RUN_OPTIONS
+    app.command("run")(run)
+
+
+_register_run()
 
 
 @app.command()

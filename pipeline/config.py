@@ -160,6 +160,18 @@ class RunConfig(_Frozen):
     measure: MeasureConfig = MeasureConfig()
     tune: TuneConfig = TuneConfig()
 
+    @field_validator("search")
+    @classmethod
+    def _registered_search(cls, v: str) -> str:
+        from core.errors import PipelineError
+        from search import SEARCHES
+
+        try:
+            SEARCHES.get(v)
+        except PipelineError as e:
+            raise ValueError(f"{e.message} ({e.hint})") from None
+        return v
+
     @model_validator(mode="after")
     def _objective_has_budget(self) -> RunConfig:
         c = self.constraints

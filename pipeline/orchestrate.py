@@ -113,14 +113,13 @@ def measure_file(path: Path, target_name: str, batch: int, threads: int | None, 
     target = get_target(target_name)
     engine = target.build(Path(path), sample, Path(path).parent)
     rec = target.measure([engine], MeasureSettings(threads=threads, batch=batch, min_duration_s=duration))[0]
-    rec["onnx_bytes"] = Path(path).stat().st_size
-    return rec
+    return rec.with_extra(onnx_bytes=Path(path).stat().st_size).to_json()
 
 
 def measure_trtexec_log(path: Path, tegrastats: Path | None) -> dict:
     """Turn a user's trtexec log (and optional tegrastats log) into a measurement record."""
     from targets.tegrastats import parse_tegrastats, summarize
-    from targets.trtexec_log import parse_trtexec_log, to_measurement
+    from targets.trtexec.log import parse_trtexec_log, to_measurement
 
     for p in (path, tegrastats):
         if p is not None and not Path(p).is_file():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from core.errors import ConfigError, SpecError, StageError
+from core.errors import ConfigError, StageError
 from core.io import atomic_torch_save, sha256_file
 from core.records import Measurement
 from pipeline import settings
@@ -18,10 +18,10 @@ from pipeline.runner import RunState, Stage, load_pruned, read_json, save_pruned
 from pipeline.settings import distill_settings, export_settings, measure_settings
 from search import SEARCHES, SearchContext
 from search.evaluator import Subject
-from stages.evaluate import TorchRunner, evaluate_top1
+from stages.evaluate import EVALUATORS, TorchRunner, evaluate
 from stages.export import check_parity, export_onnx
-from stages.load.data import load_data, with_model_labels
-from stages.load.models import ModelRequest, load_model
+from stages.load.inputs import load_inputs as _load_inputs
+from stages.load.models import ModelRequest
 from stages.model.blocks import drop_blocks
 from stages.model.cost import macs_params
 from stages.model.graph import PruneGraph
@@ -31,7 +31,7 @@ from stages.prune.plan import PruningPlan, apply_plan
 from stages.recover import distill
 from stages.score import CRITERIA, ScoreContext, ScoreResult
 from targets.base import build_engine
-from targets.ort_runner import OrtRunner
+from targets.ort.runner import OrtRunner
 
 
 def _example(state: RunState, batch: int = 2) -> torch.Tensor:
@@ -46,16 +46,11 @@ def _parity_inputs(state: RunState) -> torch.Tensor:
 # ------------------------------------------------------------------ load
 
 def load_inputs(cfg) -> tuple:
-    """The model and data of ``cfg`` (seeded; unlabeled data get the model's own labels): the load stage
-    and every ``pipeline worker`` load them here."""
-    torch.manual_seed(cfg.seed)
-    lm = load_model(ModelRequest(cfg.model, cfg.arch, cfg.input_shape, cfg.trust_checkpoint))
-    data = load_data(cfg.data, lm.input_shape)
-    if tuple(data.input_shape) != tuple(lm.input_shape):
-        raise SpecError(f"data '{cfg.data}' gives samples of shape {data.input_shape}, model expects {lm.input_shape}",
-                        hint="pass --input-shape or use matching data")
-    if not data.labeled:
-        data = with_model_labels(data, lm.module)
+    """The model and data of ``cfg`` (:func:`stages.load.inputs.load_inputs`); the data's metric must be a
+    registered evaluator (``stages.evaluate.EVALUATORS``)."""
+    lm, data = _load_inputs(ModelRequest(cfg.model, cfg.arch, cfg.input_shape, cfg.trust_checkpoint), cfg.data,
+                            cfg.seed)
+    EVALUATORS.get(data.metric)
     return lm, data
 
 
@@ -80,8 +75,8 @@ def s_baseline(state: RunState) -> dict:
     engine = _build_engine(state, "baseline.onnx", lm.module)
     timing = state.target.measure([engine], measure_settings(state.cfg), rounds=state.cfg.measure.final_rounds)[0]
     with state.target.runner(engine) as r:
-        test_acc = evaluate_top1(r, data.test)
-    calib_acc = evaluate_top1(TorchRunner(lm.module), data.calib)
+        test_acc = evaluate(data.metric, r, data.test)
+    calib_acc = evaluate(data.metric, TorchRunner(lm.module), data.calib)
     macs, params = macs_params(lm.module, lm.input_shape)
     rec = Measurement.from_timing(timing, onnx_bytes=exp["onnx_bytes"], params=params, macs=macs,
                                   accuracy=test_acc, metric=data.metric).to_json()
@@ -257,7 +252,7 @@ def s_prune(state: RunState) -> dict:
     state.pruned = pruned
     save_pruned(state.run_dir / "pruned_raw.pt", pruned, state.plan, lm.spec)
     macs, params = macs_params(pruned, lm.input_shape)
-    acc = evaluate_top1(TorchRunner(pruned), state.data.calib)
+    acc = evaluate(state.data.metric, TorchRunner(pruned), state.data.calib)
     extra = f"; {100 * sparsity['sparsity']:.1f}% weight sparsity ({sparsity['pattern']})" if sparsity else ""
     return {"macs": macs, "params": params, "bn_recalibrated": state.cfg.prune.recalibrate_bn,
             "calib_accuracy_oneshot": acc, "sparsity": sparsity,
@@ -312,7 +307,7 @@ def s_recover(state: RunState) -> dict:
                           state.data.labeled, on_step=on_step)
     state.pruned = student
     save_pruned(out, student, state.plan, state.loaded.spec)
-    acc = evaluate_top1(TorchRunner(student), state.data.calib)
+    acc = evaluate(state.data.metric, TorchRunner(student), state.data.calib)
     soft = f" ({r.soft_steps} with soft masks)" if r.soft_steps else ""
     return {**rec, "calib_accuracy": acc, "_summary": f"{r.steps} steps KD{soft}; calib acc {acc:.2f}%"}
 
@@ -374,7 +369,7 @@ def s_measure(state: RunState) -> dict:
     accs = []
     for eng in (base_engine, final_engine):
         with state.target.runner(eng) as r:
-            accs.append(evaluate_top1(r, data.test))
+            accs.append(evaluate(data.metric, r, data.test))
     bm, bp = macs_params(lm.module, lm.input_shape)
     fm, fp = macs_params(state.pruned, lm.input_shape)
     base = Measurement.from_timing(timings[0], onnx_bytes=(state.run_dir / "baseline.onnx").stat().st_size,

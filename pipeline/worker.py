@@ -71,10 +71,11 @@ def evaluator_from_study(attrs: Mapping, workdir: Path, *, device: str | None = 
 
     from pipeline.config import RunConfig
     from pipeline.settings import build_evaluator, export_settings
-    from pipeline.steps import load_inputs
     from search.evaluator import Subject
-    from stages.evaluate import TorchRunner, evaluate_top1
+    from stages.evaluate import TorchRunner, evaluate
     from stages.export import export_onnx
+    from stages.load.inputs import load_inputs
+    from stages.load.models import ModelRequest
     from stages.model.blocks import drop_blocks
     from stages.model.graph import PruneGraph
     from targets import get_target
@@ -89,7 +90,8 @@ def evaluator_from_study(attrs: Mapping, workdir: Path, *, device: str | None = 
         cfg = cfg.model_copy(update={"device": device})
     options = {**cfg.target_options, **({"device": cfg.device} if cfg.device else {})}
     target = get_target(cfg.target, options)
-    lm, data = load_inputs(cfg)
+    lm, data = load_inputs(ModelRequest(cfg.model, cfg.arch, cfg.input_shape, cfg.trust_checkpoint), cfg.data,
+                           cfg.seed)
     if model_fingerprint(lm.module) != run["model_sha256"]:
         raise ConfigError(f"this machine's '{cfg.model}' is not the run's model (weights fingerprint differs)",
                           hint="give workers the same checkpoint (file: spec) and the same torch version")
@@ -103,7 +105,7 @@ def evaluator_from_study(attrs: Mapping, workdir: Path, *, device: str | None = 
         raise ConfigError("the study's scores are damaged (digest mismatch)", hint="restart the search")
     base_acc = spec.budgets.baseline_accuracy
     if base_acc is not None:
-        acc = evaluate_top1(TorchRunner(lm.module), data.calib)
+        acc = evaluate(data.metric, TorchRunner(lm.module), data.calib)
         if abs(acc - base_acc) > 1e-6:
             raise ConfigError(f"this machine's calibration data differ from the run's (unpruned accuracy {acc:.4f} "
                               f"vs {base_acc:.4f})", hint="give workers the same data (path and files)")

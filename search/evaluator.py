@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from search.base import Candidate
-from stages.evaluate import TorchRunner, evaluate_top1
+from stages.evaluate import TorchRunner, evaluate
 from stages.export import ExportSettings, export_onnx
 from stages.load.data import DataBundle
 from stages.model.cost import macs_params
@@ -152,7 +152,7 @@ class CandidateEvaluator:
         # stage's reference: drift of the machine's speed cancels out of the comparison
         latency = self.baseline_latency_ms / timing["ratio_to_first"]
         macs, params = macs_params(pruned, self.sample_shape)
-        acc = evaluate_top1(TorchRunner(pruned), self.data.calib)
+        acc = evaluate(self.data.metric, TorchRunner(pruned), self.data.calib)
         cand = Candidate(ratio, key, latency, timing["memory_mb"], acc, macs, params, speedup=timing["ratio_to_first"],
                          policy=dict(policy), payload={"plan": plan, "model": pruned, "raw_latency_ms": timing["latency_ms"]["median"]})
         self._cache[key] = cand
@@ -183,7 +183,7 @@ class CandidateEvaluator:
         if key in self._cache:
             return float(self._cache[key].accuracy_oneshot)
         if key not in self._oneshot:
-            self._oneshot[key] = evaluate_top1(TorchRunner(self.pruner.build(plan)), self.data.calib)
+            self._oneshot[key] = evaluate(self.data.metric, TorchRunner(self.pruner.build(plan)), self.data.calib)
         return self._oneshot[key]
 
     def speedups(self, policies: list[Mapping[str, float]]) -> list[float]:
@@ -211,4 +211,4 @@ class CandidateEvaluator:
         student = copy.deepcopy(cand.payload["model"])
         if cand.key != self._full_key and self.distill_settings.steps > 0:
             distill(student, self.model, self.data.train, self.distill_settings, self.data.labeled)
-        return evaluate_top1(TorchRunner(student), self.data.calib)
+        return evaluate(self.data.metric, TorchRunner(student), self.data.calib)

@@ -100,22 +100,29 @@ def families(groups: Sequence[_Group], mode: str = "stage") -> dict[str, list[st
     return {k: sorted(out[k], key=natural_key) for k in sorted(out, key=natural_key)}
 
 
-def _stages(groups: Sequence[_Group]) -> dict[str, list[str]]:
-    parent: dict[str, str] = {}
+class _Blocks:
+    """Union-find over block names; the root of a set is its first block in natural order."""
 
-    def find(b: str) -> str:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, b: str) -> str:
+        parent = self.parent
         parent.setdefault(b, b)
         while parent[b] != b:
             parent[b] = parent[parent[b]]
             b = parent[b]
         return b
 
-    def union(a: str, b: str) -> None:
-        ra, rb = find(a), find(b)
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
         if ra != rb:
             lo, hi = sorted((ra, rb), key=natural_key)
-            parent[hi] = lo
+            self.parent[hi] = lo
 
+
+def _stages(groups: Sequence[_Group]) -> dict[str, list[str]]:
+    uf = _Blocks()
     seen: dict[str, set[int]] = {}  # container -> every index seen anywhere in the model
     for g in groups:
         blocks = [block_of(p) for p in (g.id, *g.out_layers)]
@@ -124,30 +131,34 @@ def _stages(groups: Sequence[_Group]) -> dict[str, list[str]]:
             if i is not None:
                 seen.setdefault(c, set()).add(i)
         for b in blocks[1:]:
-            union(blocks[0], b)
-
+            uf.union(blocks[0], b)
     members: dict[str, set[str]] = {}
-    for g in groups:
-        members.setdefault(find(block_of(g.id)), set())
-    for b in list(parent):
-        r = find(b)
-        if r in members:
-            members[r].add(b)
     roots_of: dict[str, set[str]] = {}
     for g in groups:
-        roots_of.setdefault(find(block_of(g.id)), set()).add(block_of(g.id))
-    names: dict[str, str] = {}
-    used: set[str] = set()
-    for root in sorted(members, key=natural_key):
-        name = _stage_name(members[root], roots_of[root], seen)
-        base, n = name, 2
-        while name in used:  # cannot happen for well-formed paths; keep names unique regardless
-            name, n = f"{base}#{n}", n + 1
-        used.add(name)
-        names[root] = name
+        members.setdefault(uf.find(block_of(g.id)), set())
+        roots_of.setdefault(uf.find(block_of(g.id)), set()).add(block_of(g.id))
+    for b in list(uf.parent):
+        r = uf.find(b)
+        if r in members:
+            members[r].add(b)
+    names = _unique_names({root: _stage_name(members[root], roots_of[root], seen)
+                           for root in sorted(members, key=natural_key)})
     out: dict[str, list[str]] = {}
     for g in groups:
-        out.setdefault(names[find(block_of(g.id))], []).append(g.id)
+        out.setdefault(names[uf.find(block_of(g.id))], []).append(g.id)
+    return out
+
+
+def _unique_names(names: Mapping[str, str]) -> dict[str, str]:
+    """Root -> stage name, with ``#2``, ``#3`` appended to repeats (cannot happen for well-formed paths)."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for root, name in names.items():
+        base, n = name, 2
+        while name in used:
+            name, n = f"{base}#{n}", n + 1
+        used.add(name)
+        out[root] = name
     return out
 
 

@@ -17,6 +17,10 @@ whether tegrastats ran as root, so fields are matched by pattern, not by positio
 
 Lines without a ``RAM`` field (shell prompts, ``[sudo] password`` ...) are skipped.
 A text with no parseable line raises :class:`TegrastatsParseError`.
+
+A line is cut into tokens (``_tokens``: the first pattern of ``_TOKEN_RES`` that matches
+at each position, or an unparsed word), and a ``_SampleBuilder`` records each token with
+the handler for its kind, then builds the :class:`TegraSample`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import re
 import statistics
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 __all__ = [
     "TegrastatsParseError",
@@ -139,8 +143,175 @@ _TOKEN_RES: list[tuple[str, re.Pattern[str]]] = [
 _SENTINEL_C = -256.0
 
 
+def _match_token(text: str, pos: int) -> tuple[str, re.Match[str]] | None:
+    """The first token pattern of :data:`_TOKEN_RES` that matches at ``pos``.
+
+    Args:
+        text: The line, without its timestamp.
+        pos: Where the token starts (not a space).
+
+    Returns:
+        ``(kind, match)``, or ``None`` when no pattern matches there.
+    """
+    for kind, rx in _TOKEN_RES:
+        m = rx.match(text, pos)
+        if m:
+            return kind, m
+    return None
+
+
+def _tokens(text: str) -> Iterator[tuple[str, dict[str, str | None]]]:
+    """Split a line into tokens, left to right.
+
+    Args:
+        text: The line, without its timestamp.
+
+    Yields:
+        ``(kind, groups)`` per token: a kind of :data:`_TOKEN_RES` with the match's named
+        groups, or ``"unparsed"`` with ``{"text": word}`` for a word no pattern matches.
+    """
+    pos, n = 0, len(text)
+    while pos < n:
+        if text[pos].isspace():
+            pos += 1
+            continue
+        found = _match_token(text, pos)
+        if found is None:
+            end = pos
+            while end < n and not text[end].isspace():
+                end += 1
+            yield "unparsed", {"text": text[pos:end]}
+            pos = end
+            continue
+        kind, m = found
+        pos = m.end()
+        yield kind, m.groupdict()
+
+
+class _SampleBuilder:
+    """Fields of one tegrastats line, collected token by token: one ``_on_<kind>`` method
+    per token kind of :data:`_TOKEN_RES` (and ``_on_unparsed``)."""
+
+    def __init__(self, timestamp: str | None) -> None:
+        self.fields: dict[str, Any] = {"timestamp": timestamp}
+        self.cpus: list[tuple[int, int | None] | None] = []
+        self.engines: list[tuple[str, int | None]] = []
+        self.temps: list[tuple[str, float | None]] = []
+        self.rails: list[tuple[str, int, int | None]] = []
+        self.rail_names: dict[str, int] = {}
+        self.unparsed: list[str] = []
+
+    def add(self, kind: str, g: dict[str, str | None]) -> None:
+        """Record one token.
+
+        Args:
+            kind: The token kind, as yielded by :func:`_tokens`.
+            g: Its named groups.
+        """
+        self._HANDLERS[kind](self, g)
+
+    def _on_ram(self, g: dict[str, Any]) -> None:
+        """``RAM used/totalMB (lfb NxSIZE)``."""
+        self.fields["ram_used_mb"], self.fields["ram_total_mb"] = int(g["used"]), int(g["total"])
+        if g["n"]:
+            self.fields["lfb_blocks"] = int(g["n"])
+            self.fields["lfb_block_kb"] = int(g["sz"]) * _UNIT_KB[g["u"]]
+
+    def _on_swap(self, g: dict[str, Any]) -> None:
+        """``SWAP used/totalMB (cached NMB)``."""
+        self.fields["swap_used_mb"], self.fields["swap_total_mb"] = int(g["used"]), int(g["total"])
+        if g["cached"]:
+            self.fields["swap_cached_mb"] = int(g["cached"])
+
+    def _on_iram(self, g: dict[str, Any]) -> None:
+        """``IRAM used/totalkB(lfb NkB)``."""
+        self.fields["iram_used_kb"], self.fields["iram_total_kb"] = int(g["used"]), int(g["total"])
+
+    def _on_cpu(self, g: dict[str, Any]) -> None:
+        """``CPU [load%@MHz,off,load%,...]``."""
+        for core in g["body"].split(","):
+            core = core.strip()
+            cm = re.fullmatch(r"(\d+)%(?:@(\d+))?", core)
+            if cm:
+                self.cpus.append((int(cm.group(1)), int(cm.group(2)) if cm.group(2) else None))
+            elif core:
+                self.cpus.append(None)  # "off" (or anything unreadable: treat as offline)
+
+    def _on_emc(self, g: dict[str, Any]) -> None:
+        """``EMC_FREQ N%`` / ``N%@MHz``."""
+        self.fields["emc_pct"] = int(g["pct"]) if g["pct"] else None
+        self.fields["emc_mhz"] = int(g["mhz"]) if g["mhz"] else None
+
+    def _on_gr3d(self, g: dict[str, Any]) -> None:
+        """``GR3D_FREQ N%`` / ``N%@MHz`` / ``N%@[MHz,MHz]`` / ``@MHz``."""
+        self.fields["gpu_pct"] = int(g["pct"]) if g["pct"] else None
+        if g["arr"] is not None:
+            self.fields["gpu_mhz"] = tuple(int(x) for x in re.findall(r"\d+", g["arr"]))
+        elif g["mhz"]:
+            self.fields["gpu_mhz"] = (int(g["mhz"]),)
+
+    def _on_mts(self, g: dict[str, Any]) -> None:
+        """``MTS fg N% bg N%``."""
+        self.fields["mts_fg_pct"], self.fields["mts_bg_pct"] = int(g["fg"]), int(g["bg"])
+
+    def _on_temp(self, g: dict[str, Any]) -> None:
+        """``name@TC`` (``-256C``: sensor absent)."""
+        t = float(g["t"])
+        self.temps.append((g["name"], None if t <= _SENTINEL_C else t))
+
+    def _on_rail(self, g: dict[str, Any]) -> None:
+        """``NAME cur/avg`` power rail; a repeated name gets ``_2``, ``_3``, ..."""
+        name = g["name"]
+        self.rail_names[name] = self.rail_names.get(name, 0) + 1
+        if self.rail_names[name] > 1:
+            name = f"{name}_{self.rail_names[name]}"
+        self.rails.append((name, int(g["cur"]), int(g["avg"])))
+
+    def _on_engine(self, g: dict[str, Any]) -> None:
+        """``NVENC off`` / ``NVDEC 1100`` / ``APE 25`` / ``VIC_FREQ 729``."""
+        self.engines.append((g["name"], None if g["off"] else int(g["val"])))
+
+    def _on_unparsed(self, g: dict[str, Any]) -> None:
+        """A word no pattern matches: kept in :attr:`TegraSample.unparsed`."""
+        self.unparsed.append(g["text"])
+
+    _HANDLERS: ClassVar[dict[str, Callable[[_SampleBuilder, dict[str, Any]], None]]] = {
+        "ram": _on_ram,
+        "swap": _on_swap,
+        "iram": _on_iram,
+        "cpu": _on_cpu,
+        "emc": _on_emc,
+        "gr3d": _on_gr3d,
+        "mts": _on_mts,
+        "temp": _on_temp,
+        "rail": _on_rail,
+        "engine": _on_engine,
+        "unparsed": _on_unparsed,
+    }
+
+    def build(self) -> TegraSample | None:
+        """The sample, or ``None`` when no ``RAM`` token was found."""
+        if "ram_used_mb" not in self.fields:  # "RAM" was inside some other token
+            return None
+        return TegraSample(
+            cpus=tuple(self.cpus),
+            engines=tuple(self.engines),
+            temps_c=tuple(self.temps),
+            rails_mw=tuple(self.rails),
+            unparsed=tuple(self.unparsed),
+            **self.fields,
+        )
+
+
 def parse_tegrastats_line(line: str) -> TegraSample | None:
-    """Parse one tegrastats line; ``None`` when the line has no ``RAM x/yMB`` field."""
+    """Parse one tegrastats line.
+
+    Args:
+        line: One line of tegrastats output.
+
+    Returns:
+        The sample, or ``None`` when the line has no ``RAM x/yMB`` field.
+    """
     if not line or not _RAM_PROBE_RE.search(line):
         return None
     text = line.strip()
@@ -149,85 +320,10 @@ def parse_tegrastats_line(line: str) -> TegraSample | None:
     if m:
         ts = m.group("ts")
         text = text[m.end():]
-
-    f: dict = {"timestamp": ts}
-    cpus: list = []
-    engines: list = []
-    temps: list = []
-    rails: list = []
-    rail_names: dict[str, int] = {}
-    unparsed: list[str] = []
-
-    pos, n = 0, len(text)
-    while pos < n:
-        if text[pos].isspace():
-            pos += 1
-            continue
-        for kind, rx in _TOKEN_RES:
-            m = rx.match(text, pos)
-            if m:
-                break
-        else:
-            end = pos
-            while end < n and not text[end].isspace():
-                end += 1
-            unparsed.append(text[pos:end])
-            pos = end
-            continue
-        pos = m.end()
-        g = m.groupdict()
-        if kind == "ram":
-            f["ram_used_mb"], f["ram_total_mb"] = int(g["used"]), int(g["total"])
-            if g["n"]:
-                f["lfb_blocks"] = int(g["n"])
-                f["lfb_block_kb"] = int(g["sz"]) * _UNIT_KB[g["u"]]
-        elif kind == "swap":
-            f["swap_used_mb"], f["swap_total_mb"] = int(g["used"]), int(g["total"])
-            if g["cached"]:
-                f["swap_cached_mb"] = int(g["cached"])
-        elif kind == "iram":
-            f["iram_used_kb"], f["iram_total_kb"] = int(g["used"]), int(g["total"])
-        elif kind == "cpu":
-            for core in g["body"].split(","):
-                core = core.strip()
-                cm = re.fullmatch(r"(\d+)%(?:@(\d+))?", core)
-                if cm:
-                    cpus.append((int(cm.group(1)), int(cm.group(2)) if cm.group(2) else None))
-                elif core:
-                    cpus.append(None)  # "off" (or anything unreadable: treat as offline)
-        elif kind == "emc":
-            f["emc_pct"] = int(g["pct"]) if g["pct"] else None
-            f["emc_mhz"] = int(g["mhz"]) if g["mhz"] else None
-        elif kind == "gr3d":
-            f["gpu_pct"] = int(g["pct"]) if g["pct"] else None
-            if g["arr"] is not None:
-                f["gpu_mhz"] = tuple(int(x) for x in re.findall(r"\d+", g["arr"]))
-            elif g["mhz"]:
-                f["gpu_mhz"] = (int(g["mhz"]),)
-        elif kind == "mts":
-            f["mts_fg_pct"], f["mts_bg_pct"] = int(g["fg"]), int(g["bg"])
-        elif kind == "temp":
-            t = float(g["t"])
-            temps.append((g["name"], None if t <= _SENTINEL_C else t))
-        elif kind == "rail":
-            name = g["name"]
-            rail_names[name] = rail_names.get(name, 0) + 1
-            if rail_names[name] > 1:
-                name = f"{name}_{rail_names[name]}"
-            rails.append((name, int(g["cur"]), int(g["avg"])))
-        elif kind == "engine":
-            engines.append((g["name"], None if g["off"] else int(g["val"])))
-
-    if "ram_used_mb" not in f:  # "RAM" was inside some other token
-        return None
-    return TegraSample(
-        cpus=tuple(cpus),
-        engines=tuple(engines),
-        temps_c=tuple(temps),
-        rails_mw=tuple(rails),
-        unparsed=tuple(unparsed),
-        **f,
-    )
+    sample = _SampleBuilder(ts)
+    for kind, groups in _tokens(text):
+        sample.add(kind, groups)
+    return sample.build()
 
 
 def parse_tegrastats(text: str | bytes) -> list[TegraSample]:

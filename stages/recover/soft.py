@@ -173,6 +173,41 @@ def soft_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
                                     DataLoader(calib, batch_size=settings.batch_size, shuffle=False))]
     check_x = score_data[0][0][:32].to(device)
 
+    losses, mask_max, passes, ref = _soft_phase(student, teacher, graph, masks, score_data, check_x, train, soft,
+                                                settings, labeled, on_step)
+    pruned = apply_plan(student, example_input, plan)
+    with torch.no_grad():
+        diff = float((pruned(check_x) - ref).abs().max())
+    if diff > EXACT_ATOL * max(1.0, float(ref.abs().max())):
+        raise StageError(f"hard removal after the soft masks changed the outputs by {diff:.3g} (tolerance "
+                         f"{EXACT_ATOL:g}): a masked channel still reaches the output",
+                         hint="this architecture has a channel path the masks miss; set recovery.soft_steps: 0")
+
+    plain = dataclasses.replace(settings, steps=total - k_steps, seed=settings.seed + 1,
+                                schedule_start=k_steps, schedule_steps=total)
+    tick = None if on_step is None else (lambda s, loss: on_step(k_steps + s, loss))
+    rec = distill(pruned, teacher, train, plain, labeled, on_step=tick)
+    n = max(1, len(losses) // 10)
+    record = {
+        "steps": total, "loss_first": sum(losses[:n]) / n,
+        "loss_last": rec["loss_last"] if rec.get("steps") else sum(losses[-n:]) / n,
+        "soft": {"steps": k_steps, "beta": soft.beta, "eta": soft.eta, "rescore_every": soft.rescore_every,
+                 "removed_channels": int(sum(int(r.sum()) for r in masks.removed.values())),
+                 "loss_first": sum(losses[:n]) / n, "loss_last": sum(losses[-n:]) / n,
+                 "mask_max": [round(v, 4) for v in mask_max], "score_passes": passes,
+                 "hard_removal_max_abs": diff},
+        "plain": rec,
+    }
+    return pruned.eval(), record
+
+
+def _soft_phase(student: nn.Module, teacher: nn.Module, graph: PruneGraph, masks: ChannelMasks, score_data: list,
+                check_x: torch.Tensor, train: Dataset, soft: SoftSettings, settings: DistillSettings, labeled: bool,
+                on_step: Callable[[int, float], None] | None) -> tuple[list[float], list[float], dict, torch.Tensor]:
+    """The ``soft.steps`` KD steps with the masks decaying along the gradient flow; returns the losses, the
+    largest removed mask after each step, the passes spent on scores, and the student's output on ``check_x``
+    with the masks at 0 (what the hard removal must reproduce)."""
+    k_steps, total = soft.steps, settings.steps
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     xs, ys = materialise(train)
@@ -180,6 +215,7 @@ def soft_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
     opt = torch.optim.SGD(student.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
                           weight_decay=settings.weight_decay)
     t, alpha = settings.temperature, settings.alpha if labeled else 1.0
+    device = next(student.parameters()).device
     losses: list[float] = []
     mask_max: list[float] = []
     passes = {"forward": 0, "backward": 0}
@@ -205,27 +241,4 @@ def soft_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
         student.eval()
         with torch.no_grad():
             ref = student(check_x)
-    pruned = apply_plan(student, example_input, plan)
-    with torch.no_grad():
-        diff = float((pruned(check_x) - ref).abs().max())
-    if diff > EXACT_ATOL * max(1.0, float(ref.abs().max())):
-        raise StageError(f"hard removal after the soft masks changed the outputs by {diff:.3g} (tolerance "
-                         f"{EXACT_ATOL:g}): a masked channel still reaches the output",
-                         hint="this architecture has a channel path the masks miss; set recovery.soft_steps: 0")
-
-    plain = dataclasses.replace(settings, steps=total - k_steps, seed=settings.seed + 1,
-                                schedule_start=k_steps, schedule_steps=total)
-    tick = None if on_step is None else (lambda s, loss: on_step(k_steps + s, loss))
-    rec = distill(pruned, teacher, train, plain, labeled, on_step=tick)
-    n = max(1, len(losses) // 10)
-    record = {
-        "steps": total, "loss_first": sum(losses[:n]) / n,
-        "loss_last": rec["loss_last"] if rec.get("steps") else sum(losses[-n:]) / n,
-        "soft": {"steps": k_steps, "beta": soft.beta, "eta": soft.eta, "rescore_every": soft.rescore_every,
-                 "removed_channels": int(sum(int(r.sum()) for r in masks.removed.values())),
-                 "loss_first": sum(losses[:n]) / n, "loss_last": sum(losses[-n:]) / n,
-                 "mask_max": [round(v, 4) for v in mask_max], "score_passes": passes,
-                 "hard_removal_max_abs": diff},
-        "plain": rec,
-    }
-    return pruned.eval(), record
+    return losses, mask_max, passes, ref

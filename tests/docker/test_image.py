@@ -129,35 +129,7 @@ def docker(request, tmp_path_factory) -> Docker:
         env["DOCKER_HOST"] = os.environ["EDGE_DOCKER_HOST"]
         docker_bin = os.environ.get("DOCKER") or shutil.which("docker") or "docker"
     else:
-        if os.geteuid() != 0:
-            pytest.skip("the private dockerd needs root (or set EDGE_DOCKER_HOST=unix:///path/docker.sock "
-                        "to use a running daemon)")
-        p = _script("install-deps.sh", env, 900)
-        if p.returncode != 0:
-            pytest.skip(f"docker.io / debootstrap could not be installed with apt: {(p.stderr or p.stdout).strip()[-300:]}")
-        STATE.mkdir(parents=True, exist_ok=True)
-        # One session at a time per data root: a second one waits (builds are heavy anyway).
-        lock = open(STATE / "session.lock", "w")
-        deadline = time.monotonic() + 1800
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.skip(f"another docker test session holds {STATE / 'session.lock'}")
-                time.sleep(2)
-        run_dir = f"/tmp/edge-dockerd-test-{os.getpid()}"
-        env.update(EDGE_DOCKER_STATE=str(STATE), EDGE_DOCKER_RUN=run_dir)
-        p = _script("dockerd.sh", env, 120, "start")
-        info = _kv(p.stdout)
-        if info.get("DOCKERD_STARTED") == "1":  # a daemon already serving this data root is left running
-            started_pid = int(info["DOCKERD_PID"])
-        if p.returncode != 0:
-            _cleanup(started_pid, run_dir, lock)
-            pytest.fail(f"dockerd did not start:\n{p.stdout}\n{p.stderr}")
-        env["DOCKER_HOST"] = info["DOCKER_HOST"]
-        docker_bin = info["DOCKER"]
+        docker_bin, started_pid, run_dir, lock = _private_daemon(env)
     env["DOCKER"] = docker_bin
     env.pop("DOCKER_BUILDKIT", None)
     d = Docker(bin=docker_bin, env=env, image=IMAGE)
@@ -178,7 +150,46 @@ def docker(request, tmp_path_factory) -> Docker:
             pass
 
     request.addfinalizer(finish)
+    _build_image(d, env, tmp_path_factory.mktemp("build") / "build.log")
+    return d
 
+
+def _private_daemon(env: dict) -> tuple[str, int | None, str, object]:
+    """Start (or join) the private dockerd on our data root; returns (docker binary, pid we started, run dir, lock)."""
+    if os.geteuid() != 0:
+        pytest.skip("the private dockerd needs root (or set EDGE_DOCKER_HOST=unix:///path/docker.sock "
+                    "to use a running daemon)")
+    p = _script("install-deps.sh", env, 900)
+    if p.returncode != 0:
+        pytest.skip(f"docker.io / debootstrap could not be installed with apt: {(p.stderr or p.stdout).strip()[-300:]}")
+    STATE.mkdir(parents=True, exist_ok=True)
+    # One session at a time per data root: a second one waits (builds are heavy anyway).
+    lock = open(STATE / "session.lock", "w")
+    deadline = time.monotonic() + 1800
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.skip(f"another docker test session holds {STATE / 'session.lock'}")
+            time.sleep(2)
+    run_dir = f"/tmp/edge-dockerd-test-{os.getpid()}"
+    env.update(EDGE_DOCKER_STATE=str(STATE), EDGE_DOCKER_RUN=run_dir)
+    p = _script("dockerd.sh", env, 120, "start")
+    info = _kv(p.stdout)
+    started_pid = None
+    if info.get("DOCKERD_STARTED") == "1":  # a daemon already serving this data root is left running
+        started_pid = int(info["DOCKERD_PID"])
+    if p.returncode != 0:
+        _cleanup(started_pid, run_dir, lock)
+        pytest.fail(f"dockerd did not start:\n{p.stdout}\n{p.stderr}")
+    env["DOCKER_HOST"] = info["DOCKER_HOST"]
+    return info["DOCKER"], started_pid, run_dir, lock
+
+
+def _build_image(d: Docker, env: dict, log: Path) -> None:
+    """The local debootstrap base, then the image on it; timings and size into ``d.timings``."""
     t = time.monotonic()
     p = _script("make_base.sh", env, 1200)
     if p.returncode != 0:
@@ -187,14 +198,12 @@ def docker(request, tmp_path_factory) -> Docker:
     d.timings["base_s"] = time.monotonic() - t
 
     t = time.monotonic()
-    log = tmp_path_factory.mktemp("build") / "build.log"
     p = _script("build.sh", env, 3600, "--flavour", "local", "--base", base, "-t", IMAGE)
     log.write_text(p.stdout + p.stderr)
     if p.returncode != 0:
         pytest.fail(f"docker build failed ({log}):\n{(p.stdout + p.stderr)[-4000:]}")
     d.timings["build_s"] = time.monotonic() - t
     d.timings["image_mb"] = int(d("image", "inspect", "-f", "{{.Size}}", IMAGE, check=True).stdout) / 1e6
-    return d
 
 
 def _cleanup(pid: int | None, run_dir: str | None, lock) -> None:

@@ -69,7 +69,7 @@ def test_memory_objective_needs_memory_budget():
 
 def test_config_is_frozen_and_roundtrips():
     cfg = resolve_config(None, {"seed": 3})
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type is not part of its API
         cfg.seed = 4  # type: ignore[misc]
     again = RunConfig.model_validate(__import__("yaml").safe_load(config_to_yaml(cfg)))
     assert again == cfg

@@ -205,7 +205,7 @@ def test_save_and_load_pruned_replay_drop_blocks(tmp_path):
 def test_depth_pruning_removes_a_block_and_the_model_still_exports_and_passes_parity(tmp_path):
     from stages.export import ExportSettings, check_parity, export_onnx
     from stages.load.models import digits_resnet
-    from targets.ort_runner import OrtRunner
+    from targets.ort.runner import OrtRunner
 
     m = digits_resnet()
     x = torch.randn(2, 1, 32, 32)

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from core.errors import ParityError, StageError
 from stages.export import ExportSettings, check_parity, export_onnx, sanitize
 from stages.load.cifar_resnet import CifarResNet
-from targets.ort_runner import OrtRunner
+from targets.ort.runner import OrtRunner
 
 
 @pytest.fixture(scope="module")

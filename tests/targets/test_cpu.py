@@ -9,7 +9,7 @@ from core.errors import ConfigError, SpecError
 from stages.export import ExportSettings, export_onnx
 from stages.load.cifar_resnet import CifarResNet
 from targets import TARGETS, MeasureSettings, get_target
-from targets.cpu import physical_cores
+from targets.ort.cpu import physical_cores
 
 FAST = MeasureSettings(warmup_s=0.02, min_duration_s=0.1, min_iters=10)
 

@@ -26,17 +26,14 @@ from targets.base import Engine
 from targets.cuda import (
     CudaSettings,
     CudaTarget,
-    Prepared,
-    Timer,
     cuda_records,
-    interleave,
     make_cuda,
     ort_cuda_unavailable_reason,
     ort_numpy_type,
     output_shape,
-    time_calls,
     torch_cuda_unavailable_reason,
 )
+from targets.timing import Prepared, Timer, interleave, time_calls
 
 FAST = MeasureSettings(warmup_s=0.05, min_duration_s=0.2, min_iters=20)
 CPU_KEYS = {"latency_ms", "iterations", "round_medians_ms", "ratio_to_first", "throughput", "peak_rss_mb",

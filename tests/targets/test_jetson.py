@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from core.errors import ConfigError, StageError
+from core.records import latency_stats
 from stages.export import ExportSettings, export_onnx
 from stages.load.cifar_resnet import CifarResNet
 from targets import TARGETS, MeasureSettings, get_target
@@ -37,7 +38,6 @@ from targets.devices import (
     tensorrt_for_l4t,
 )
 from targets.jetson import BuildCommand, check_profile_options, measure_argv, parse_probe
-from targets.stats import latency_stats
 from targets.tensorrt import OnnxFacts, TrtSettings, precision_plan
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
@@ -341,7 +341,7 @@ def _calls(fakebin: Path) -> list[dict]:
 def test_remote_jetson_flow_with_recorded_outputs(sshd, fakebin, onnx_models, tmp_path):
     """Build and measure over SSH; trtexec/tegrastats are fakes replaying recorded logs (see module doc)."""
     from targets.tegrastats import parse_tegrastats, summarize
-    from targets.trtexec_log import parse_trtexec_log, to_measurement
+    from targets.trtexec.log import parse_trtexec_log, to_measurement
 
     before = set(glob.glob("/tmp/edge-pipeline.*"))
     t = get_target("jetson", sshd.options(device_profile="orin-nano-8gb", remote_path=str(fakebin), precision="fp16",
@@ -408,7 +408,7 @@ def test_accuracy_through_the_device_engine(sshd, fakebin, onnx_models, tmp_path
     equal ONNX Runtime's here up to trtexec's 6 printed digits."""
     import numpy as np
 
-    from targets.ort_runner import OrtRunner
+    from targets.ort.runner import OrtRunner
 
     before = set(glob.glob("/tmp/edge-pipeline.*"))
     onnx = onnx_models[0] if kind == "dynamic" else _static_onnx(tmp_path / "static4.onnx", 4)
@@ -453,7 +453,7 @@ def test_device_accuracy_failure_says_how_to_fall_back(sshd, fakebin, onnx_model
 
 
 def test_accuracy_on_host_and_bad_values(sshd, fakebin, onnx_models, tmp_path):
-    from targets.ort_runner import OrtRunner
+    from targets.ort.runner import OrtRunner
 
     t = get_target("jetson", sshd.options(device_profile="orin-nano-8gb", remote_path=str(fakebin),
                                           accuracy_on="host"))

@@ -17,7 +17,7 @@ from core.errors import ConfigError, StageError
 from stages.export import ExportSettings, export_onnx
 from stages.load.cifar_resnet import CifarResNet
 from targets import MeasureSettings, get_target
-from targets.ort_runner import OrtRunner
+from targets.ort.runner import OrtRunner
 
 FAST = MeasureSettings(warmup_s=0.02, min_duration_s=0.1, min_iters=10)
 

@@ -151,7 +151,7 @@ def test_parity_collects_every_failing_output():
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_build_measure_and_parity_on_a_real_gpu(small_onnx, tmp_path, precision):
-    from targets.ort_runner import OrtRunner
+    from targets.ort.runner import OrtRunner
     from targets.tensorrt import TrtRunner
 
     cache = tmp_path / "cache"
@@ -289,7 +289,7 @@ def test_int8_entropy_calibration_from_the_split_and_its_cache(small_onnx, tmp_p
 def test_accuracy_runs_through_the_engine_in_any_batch(small_onnx, tmp_path):
     """evaluate_top1 feeds batches of 64 to an engine built for at most 4: the runner splits them."""
     from stages.evaluate import evaluate_top1
-    from targets.ort_runner import OrtRunner
+    from targets.ort.runner import OrtRunner
 
     t = get_target("tensorrt", {"precision": "fp32", "max_batch": 4})
     e = t.build(small_onnx, (1, 32, 32), tmp_path)

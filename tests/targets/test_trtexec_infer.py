@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import StageError
-from targets.trtexec_infer import infer_argv, parse_exported_output
+from targets.trtexec.infer import infer_argv, parse_exported_output
 
 # The layout exportJSONOutput (trtexec, samples/common/sampleReporting.cpp) writes; text written for the test.
 EXPORTED = """[

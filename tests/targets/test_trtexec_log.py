@@ -1,4 +1,4 @@
-"""Tests for targets.trtexec_log against real recorded trtexec output.
+"""Tests for targets.trtexec.log against real recorded trtexec output.
 
 Fixtures live in the shared folder (/work/shared/fixtures, see its SOURCES.md). Every
 file in fixtures/trtexec/ and fixtures/trtexec-json/ is picked up by the parametrized
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from targets.trtexec_log import (
+from targets.trtexec.log import (
     MIB,
     ProfileSummary,
     TimesSummary,

@@ -5,7 +5,7 @@
 stage holds most of the latency and little of the accuracy, so a per-family search should prune
 ``layer3`` hardest. It imports neither torch nor a runtime, so worker processes start fast.
 
-``python -m tests.pipeline.optuna_fake_worker --study NAME --storage URL [--n-trials N]`` runs
+``python -m tests.search.optuna_fake_worker --study NAME --storage URL [--n-trials N]`` runs
 :func:`pipeline.worker.run_worker` with it and prints one JSON line: who it was and
 which trials it told.
 """

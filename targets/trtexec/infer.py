@@ -23,40 +23,19 @@ import logging
 import math
 import re
 import tempfile
-from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import StageError
-from targets.devices import trt_major
-from targets.jetson import shape_arg, tensor_arg
-from targets.tensorrt import onnx_facts
+from targets.onnx_facts import onnx_facts
+from targets.trtexec.argv import infer_argv
 
 log = logging.getLogger("pipeline.jetson")
 
 SLOW_CALLS = 64  # more trtexec starts than this for one evaluation: say how to batch
 _NONFINITE = re.compile(r"(?<![\w\"])(-?)(nan|inf)(?![\w\"])", re.IGNORECASE)
-
-
-def infer_argv(trt_version: str, engine: str, input_name: str, input_file: str, output_json: str,
-               shape: Sequence[int] | None, dla_core: int | None = None, trtexec: str = "trtexec") -> list[str]:
-    """One inference of ``engine`` on the raw tensor in ``input_file``; outputs to ``output_json``.
-
-    ``shape`` is the full input shape for a dynamic batch (``--shapes``), None for a static one.
-    TRT 11 turned host/device transfers off by default; the inputs must reach the GPU, so
-    ``--includeDataTransfers`` is passed there.
-    """
-    a = [trtexec, f"--loadEngine={engine}", f"--loadInputs={tensor_arg(input_name)}:{input_file}",
-         f"--exportOutput={output_json}", "--iterations=1", "--warmUp=0", "--duration=0"]
-    if shape is not None:
-        a.append(f"--shapes={shape_arg(input_name, shape)}")
-    if (trt_major(trt_version) or 0) >= 11:
-        a.append("--includeDataTransfers")
-    if dla_core is not None:
-        a.append(f"--useDLACore={dla_core}")
-    return a
 
 
 def parse_exported_output(text: str, name: str | None = None) -> np.ndarray:

@@ -25,3 +25,11 @@ def test_unknown_name_suggests_closest():
         r.get("jetsn")
     assert "Did you mean 'jetson'" in e.value.message
     assert "cpu" in e.value.hint
+
+
+def test_aliases_resolve_but_are_not_listed_and_cannot_be_duplicated():
+    r: Registry[int] = Registry("criterion")
+    r.add("magnitude-l2", 2, aliases=("magnitude",))
+    assert r.get("magnitude") == 2 and "magnitude" in r and r.names() == ["magnitude-l2"]
+    with pytest.raises(ValueError, match="duplicate criterion 'magnitude'"):
+        r.add("magnitude", 3)

@@ -1,19 +1,20 @@
 """Measure ONNX models with ONNX Runtime in *this* process, print one JSON line.
 
-Run as ``python -m targets.ort_worker ARGS_JSON``. The caller starts a fresh process for every
+Run as ``python -m targets.ort.worker ARGS_JSON``. The caller starts a fresh process for every
 call, so no state of the parent (torch's thread pool, its memory) leaks into the numbers.
 
 Two modes:
 
-- ``"mode": "latency"``: load every model of ``models``, run one discarded warm-up round, then
-  time them in interleaved rounds (A B A B ...), each round a short warm-up then at least
-  ``min_duration_s`` and ``min_iters`` calls. Interleaving in one process is what makes a ratio between two models trustworthy on
-  a machine whose speed drifts.
+- ``"mode": "latency"``: load every model of ``models`` and time them with the protocol of
+  :mod:`targets.timing` (one discarded warm-up round, then interleaved rounds A B A B ..., each
+  a short warm-up then at least ``min_duration_s`` and ``min_iters`` calls). Interleaving in one
+  process is what makes a ratio between two models trustworthy on a machine whose speed drifts.
 - ``"mode": "memory"``: load one model, run it a few times, report the peak RSS of this process
   (``VmHWM``). With no model, it reports the peak of a process that only imported the runtime:
   the baseline to subtract.
 
-Only numpy and onnxruntime are imported, so the process is small and starts fast.
+Only numpy, onnxruntime and the standard-library timing protocol are imported, so the process is
+small and starts fast.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+from types import SimpleNamespace
+
+if __package__:
+    from targets.timing import Prepared, WallTimer, interleave
+else:  # a script on a device, next to a copy of targets/timing.py
+    from timing import Prepared, WallTimer, interleave
 
 
 def peak_rss_mb() -> float:
@@ -55,49 +62,20 @@ def _feed(sess, batch: int, sample_shape: list[int]):
     return {sess.get_inputs()[0].name: x}
 
 
-def _time(sess, feed, warmup_s: float, min_s: float, min_n: int) -> tuple[list[float], float]:
-    end = time.perf_counter() + warmup_s
-    while time.perf_counter() < end:
-        sess.run(None, feed)
-    samples: list[float] = []
-    start = time.perf_counter()
-    max_s = max(10 * min_s, 30.0)
-    while True:
-        t = time.perf_counter()
-        sess.run(None, feed)
-        now = time.perf_counter()
-        samples.append((now - t) * 1e3)
-        if (now - start >= min_s and len(samples) >= min_n) or now - start >= max_s:
-            return samples, now - start
-
-
 def latency(args: dict) -> dict:
     import onnxruntime as ort
 
-    sessions, feeds, created, first = [], [], [], []
+    runs = []
     for path in args["models"]:
         sess, secs = _session(path, args["threads"])
         feed = _feed(sess, int(args["batch"]), args["sample_shape"])
         t0 = time.perf_counter()
         sess.run(None, feed)
-        first.append((time.perf_counter() - t0) * 1e3)
-        sessions.append(sess)
-        feeds.append(feed)
-        created.append(secs)
-    # one discarded round: the first model timed in a fresh process otherwise pays for the
-    # thread pool's and the CPU's ramp-up (seen here: +50% on round 1)
-    for sess, feed in zip(sessions, feeds):
-        _time(sess, feed, float(args["warmup_s"]), float(args["warmup_s"]), 1)
-    per_model: list[list[list[float]]] = [[] for _ in sessions]
-    walls = [0.0 for _ in sessions]
-    for _ in range(int(args["rounds"])):
-        for i, (sess, feed) in enumerate(zip(sessions, feeds)):
-            samples, wall = _time(sess, feed, float(args["warmup_s"]), float(args["min_duration_s"]),
-                                  int(args["min_iters"]))
-            per_model[i].append(samples)
-            walls[i] += wall
-    return {"rounds": per_model, "wall_s": walls, "session_create_s": created, "first_run_ms": first,
-            "ort_version": ort.__version__}
+        first = (time.perf_counter() - t0) * 1e3
+        runs.append(Prepared(lambda sess=sess, feed=feed: sess.run(None, feed), secs, first))
+    settings = SimpleNamespace(warmup_s=float(args["warmup_s"]), min_duration_s=float(args["min_duration_s"]),
+                               min_iters=int(args["min_iters"]))
+    return {**interleave(runs, settings, int(args["rounds"]), WallTimer()), "ort_version": ort.__version__}
 
 
 def memory(args: dict) -> dict:

@@ -1,6 +1,6 @@
 """In-process ONNX Runtime runner: parity checks and accuracy through the engine.
 
-Latency is never measured here (see :mod:`targets.ort_worker`, which runs in a fresh process).
+Latency is never measured here (see :mod:`targets.ort.worker`, which runs in a fresh process).
 """
 
 from __future__ import annotations

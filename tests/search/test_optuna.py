@@ -34,7 +34,7 @@ from search.optuna import (
     prepare_study,
     search_optuna,
 )
-from tests.pipeline.optuna_fake_worker import FakeEvaluator
+from tests.search.optuna_fake_worker import FakeEvaluator
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_ACC = 99.0
@@ -370,7 +370,7 @@ def test_password_is_not_printed(tmp_path):
 
 def _spawn_worker(url: str, study: str, tmp: Path, *args: str) -> subprocess.Popen:
     """A fake worker process; its temp files go to ``tmp`` (a killed one cannot clean up after itself)."""
-    return subprocess.Popen([sys.executable, "-m", "tests.pipeline.optuna_fake_worker", "--study", study,
+    return subprocess.Popen([sys.executable, "-m", "tests.search.optuna_fake_worker", "--study", study,
                              "--storage", url, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)})
 

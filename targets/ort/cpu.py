@@ -1,7 +1,7 @@
 """Target ``cpu``: ONNX Runtime, CPU execution provider, graph optimisation ALL.
 
 Latency and memory are measured in a fresh Python process per measurement
-(:mod:`targets.ort_worker`), so the peak RSS belongs to the model and no state of the parent
+(:mod:`targets.ort.worker`), so the peak RSS belongs to the model and no state of the parent
 (torch's OpenMP pool, caches) leaks into the numbers. Several engines measured together are
 interleaved round by round (A B A B ...), so that a ratio between them is taken under the same
 machine conditions.
@@ -22,8 +22,8 @@ from typing import Any
 
 from core.errors import StageError
 from targets.base import Engine, MeasureSettings
-from targets.ort_runner import OrtRunner
-from targets.stats import interleaved_records
+from targets.ort.runner import OrtRunner
+from targets.timing import timing_records
 
 WORKER_TIMEOUT_S = 300
 
@@ -91,10 +91,10 @@ class CpuTarget:
         # the worker must not inherit thread settings meant for torch in the parent
         for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env.pop(k, None)
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         try:
-            proc = subprocess.run([sys.executable, "-m", "targets.ort_worker", json.dumps(args)],
+            proc = subprocess.run([sys.executable, "-m", "targets.ort.worker", json.dumps(args)],
                                   capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=env, check=False)
         except subprocess.TimeoutExpired:
             raise StageError(f"measurement of {args.get('model')} exceeded {WORKER_TIMEOUT_S}s",
@@ -134,4 +134,6 @@ class CpuTarget:
         empty = self.empty_rss_mb()
         peaks = [float(self._spawn({"mode": "memory", "model": str(e.onnx_path), "threads": threads,
                                     "batch": settings.batch, "sample_shape": shape})["peak_rss_mb"]) for e in engines]
-        return interleaved_records(engines, lat, peaks, empty, settings.batch, threads, rounds, self.describe(threads))
+        return timing_records(engines, lat, batch=settings.batch, rounds=rounds, measured_on=self.describe(threads),
+                              memory_mb=[max(0.0, p - empty) for p in peaks], threads=threads, peak_rss_mb=peaks,
+                              empty_rss_mb=empty)

@@ -1,11 +1,11 @@
 """Target ``cpu`` on another machine: ``--target cpu --device user@host[:port]``.
 
-The same measurement as :mod:`targets.cpu`, run on the device through :mod:`targets.ssh`
+The same measurement as :mod:`targets.ort.cpu`, run on the device through :mod:`targets.ssh`
 (:class:`OrtOnDevice`, shared with the ``jetson`` target's ``runtime: ort``):
-the ONNX files and ``targets/ort_worker.py`` (self-contained: numpy + onnxruntime) are copied
+the ONNX files and ``targets/ort/worker.py`` (self-contained: numpy + onnxruntime) are copied
 to a per-call remote folder, the worker runs there under ``remote_python`` in a fresh process
 per measurement, and its JSON line comes back. Records have the same keys as
-:meth:`targets.cpu.CpuTarget.measure`; ``measured_on`` names the device.
+:meth:`targets.ort.cpu.CpuTarget.measure`; ``measured_on`` names the device.
 
 Latency and memory are measured on the device. Accuracy (``runner``) runs through ONNX Runtime
 on *this* machine: the same graph and the same CPU execution provider, but not the device's
@@ -24,13 +24,14 @@ from typing import Any
 
 from core.errors import ConfigError, StageError
 from targets.base import Engine, MeasureSettings
-from targets.ort_runner import OrtRunner
+from targets.ort.runner import OrtRunner
 from targets.ssh import Address, Device, SshSession, SshSettings
-from targets.stats import interleaved_records
+from targets.timing import timing_records
 
 log = logging.getLogger("pipeline.remote")
 
-WORKER = Path(__file__).resolve().parent / "ort_worker.py"
+WORKER = Path(__file__).resolve().parent / "worker.py"
+TIMING = Path(__file__).resolve().parents[1] / "timing.py"  # the worker's timing protocol, copied beside it
 WORKER_TIMEOUT_S = 600
 
 # Runs under the device's Python: what the record's measured_on needs, and a check that
@@ -78,7 +79,7 @@ def _last_json(stdout: str) -> dict | None:
 class OrtOnDevice:
     """ONNX Runtime's CPU EP measured on a device through any session of :mod:`targets.ssh`.
 
-    The same worker, protocol and record as :mod:`targets.cpu`, run wherever ``device.session()``
+    The same worker, protocol and record as :mod:`targets.ort.cpu`, run wherever ``device.session()``
     runs commands: over SSH (``--device``) or on this machine (a Jetson measuring itself). The
     remote ``cpu`` target and the ``jetson`` target's ``runtime: ort`` both use it; the transport
     does not know which.
@@ -137,6 +138,7 @@ class OrtOnDevice:
         with self.device.session() as s:
             info = self.probe(s)
             s.put(WORKER, "ort_worker.py")
+            s.put(TIMING, "timing.py")
             s.put(Path(onnx_path), "m0.onnx")
             self.spawn(s, {"mode": "memory", "model": s.path("m0.onnx"), "threads": info["physical_cores"],
                            "batch": 1, "sample_shape": list(sample_shape)})
@@ -144,7 +146,7 @@ class OrtOnDevice:
 
     def measure(self, engines: Sequence[Engine], settings: MeasureSettings, rounds: int,
                 measured_on: Callable[[int], str]) -> list[dict]:
-        """Same protocol and record as :meth:`targets.cpu.CpuTarget.measure`, on the device.
+        """Same protocol and record as :meth:`targets.ort.cpu.CpuTarget.measure`, on the device.
 
         ``measured_on(threads)`` names the device and runtime in the records.
         """
@@ -153,6 +155,7 @@ class OrtOnDevice:
             info = self.probe(s)
             threads = settings.threads or int(info["physical_cores"])
             s.put(WORKER, "ort_worker.py")
+            s.put(TIMING, "timing.py")
             for e, n in zip(engines, names):
                 s.put(Path(e.onnx_path), n)
             shape = list(engines[0].sample_shape)
@@ -165,7 +168,9 @@ class OrtOnDevice:
             peaks = [float(self.spawn(s, {"mode": "memory", "model": s.path(n), "threads": threads,
                                           "batch": settings.batch, "sample_shape": shape})["peak_rss_mb"])
                      for n in names]
-        return interleaved_records(engines, lat, peaks, empty, settings.batch, threads, rounds, measured_on(threads))
+        return timing_records(engines, lat, batch=settings.batch, rounds=rounds, measured_on=measured_on(threads),
+                              memory_mb=[max(0.0, p - empty) for p in peaks], threads=threads, peak_rss_mb=peaks,
+                              empty_rss_mb=empty)
 
 
 class RemoteCpuTarget:
@@ -198,7 +203,7 @@ class RemoteCpuTarget:
         return OrtRunner(engine.onnx_path, optimization=self.optimization)
 
     def measure(self, engines: Sequence[Engine], settings: MeasureSettings, rounds: int = 1) -> list[dict]:
-        """Same protocol and record as :meth:`targets.cpu.CpuTarget.measure`, on the device."""
+        """Same protocol and record as :meth:`targets.ort.cpu.CpuTarget.measure`, on the device."""
         return self.ort.measure(engines, settings, rounds, self.describe)
 
 

@@ -19,7 +19,7 @@ from search.families import (
 from stages.load.models import ModelRequest, load_model
 from stages.model.graph import GroupInfo, PruneGraph
 from stages.prune.plan import make_plan
-from tests.pipeline.optuna_fake_worker import resnet20_groups
+from tests.search.optuna_fake_worker import resnet20_groups
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,18 @@ class ToleranceExceeded(ParityError):
     """A converted model's output values differ from the reference beyond the tolerance."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a CI runner cancelling the job): handled like Ctrl-C, with its own exit code."""
+
+
+class Interrupted(PipelineError):
+    """A command stopped by Ctrl-C (exit 130) or SIGTERM (exit 143); its run folder is consistent."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message, hint="rerun with --resume --out RUN_DIR to continue")
+        self.exit_code = exit_code
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean X?' for the closest choice, or '' when nothing is close."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

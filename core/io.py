@@ -29,13 +29,35 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file: ``0o666`` minus the process umask.
+
+    ``mkstemp`` creates files 0600; artifacts on a shared volume (the Docker image's ``/runs``) must be
+    readable by the host user who mounted it, as any other file the user's umask allows.
+    """
+    try:
+        with open("/proc/self/status") as f:  # thread-safe, unlike setting the umask to read it
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temporary file in the same folder, fsync, then rename over ``path`` (mode as the umask says)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            try:
+                os.fchmod(f.fileno(), file_mode())
+            except OSError:  # a file system without modes (vfat, some CIFS mounts): the write still counts
+                pass
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -1,6 +1,9 @@
 """``pipeline``: the command line. A thin shell over the library; each subcommand's docstring is its help.
 
-Exit codes: 0 = done, constraints met; 1 = done, constraints not met; 2 = bad input or failure.
+Exit codes (:data:`EXIT_CODES`): 0 = done, constraints met; 1 = done, constraints not met; 2 = bad
+input or failure (one line and a hint, never a traceback on the terminal); 130 = interrupted
+(Ctrl-C); 143 = terminated (SIGTERM, as CI runners send on cancel). After 130 or 143 the run folder
+is consistent and ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,48 @@ import typer
 from core.errors import ConfigError, PipelineError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Prune a PyTorch model until a latency / memory / accuracy budget holds on the target device.")
 
-EXIT_MET, EXIT_UNMET, EXIT_ERROR = 0, 1, 2
+EXIT_MET, EXIT_UNMET, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_CODES = {EXIT_MET: "constraints met", EXIT_UNMET: "constraints not met (the report says which)",
+              EXIT_ERROR: "bad input or failure (one line and a hint)", EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+              EXIT_TERMINATED: "terminated (SIGTERM)"}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pipeline.versions import versions
+
+        v = versions()
+        typer.echo(f"edge-pipeline {v.get('edge-pipeline', '?')} (torch {v.get('torch', '?')}, "
+                   f"onnxruntime {v.get('onnxruntime', '?')})")
+        raise typer.Exit(EXIT_MET)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", "-V", is_eager=True, callback=_version,
+                                                help="print the version and exit")] = False) -> None:
+    """Prune a PyTorch model until a latency / memory / accuracy budget holds on the target device."""
+
+
+def _interruptible(fn):
+    """Ctrl-C and SIGTERM inside a command become :class:`core.errors.Interrupted` (exit 130 / 143): the CLI
+    framework would otherwise turn every KeyboardInterrupt into a bare exit 130."""
+    import functools
+
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        from core.errors import Interrupted, Terminated
+
+        try:
+            return fn(*args, **kwargs)
+        except Terminated:
+            raise Interrupted("terminated (SIGTERM)", EXIT_TERMINATED) from None
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted", EXIT_INTERRUPTED) from None
+
+    return inner
 
 
 def run(**opts) -> None:
@@ -36,14 +78,18 @@ def run(**opts) -> None:
     if resume and config is None:
         from pipeline.orchestrate import saved_config
 
-        base = saved_config(out)
+        # trust comes from this command line only, never from the folder being resumed
+        base = {**saved_config(out), "trust_checkpoint": bool(opts["trust_checkpoint"])}
     cfg = resolve_config(config, overrides, base=base)
     if opts["dry_run"]:
+        from pipeline.preflight import check_names
+
+        check_names(cfg)  # every check a run makes before its first stage that needs no model
         typer.echo(config_to_yaml(cfg))
         typer.echo(plan_text(cfg, out))
         raise typer.Exit(EXIT_MET)
     ui = Console(quiet=opts["quiet"])
-    met = run_pipeline(cfg, out, resume=resume, ui=ui)
+    met = run_pipeline(cfg, out, resume=resume, ui=ui, overwrite=opts["overwrite"])
     raise typer.Exit(EXIT_MET if met else EXIT_UNMET)
 
 
@@ -51,7 +97,7 @@ def _register_run() -> None:
     from pipeline.run_options import signature
 
     run.__signature__ = signature()  # the options are declared once, in pipeline.run_options.RUN_OPTIONS
-    app.command("run")(run)
+    app.command("run")(_interruptible(run))
 
 
 _register_run()
@@ -61,9 +107,9 @@ _register_run()
 def measure(
     model: Annotated[Optional[Path], typer.Argument(help="ONNX file to measure")] = None,
     target: Annotated[str, typer.Option(help="target name")] = "cpu",
-    batch: Annotated[int, typer.Option(help="batch size")] = 1,
-    threads: Annotated[Optional[int], typer.Option(help="runtime threads (default: physical cores)")] = None,
-    duration: Annotated[float, typer.Option(help="minimum timed seconds")] = 2.0,
+    batch: Annotated[int, typer.Option(min=1, max=65536, help="batch size")] = 1,
+    threads: Annotated[Optional[int], typer.Option(min=1, max=1024, help="runtime threads (default: physical cores)")] = None,
+    duration: Annotated[float, typer.Option(min=0.01, max=3600, help="minimum timed seconds")] = 2.0,
     from_trtexec_log: Annotated[Optional[Path], typer.Option(help="turn a trtexec log into a measurement record")] = None,
     tegrastats: Annotated[Optional[Path], typer.Option(help="tegrastats log recorded during the trtexec run")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the measurement record as JSON")] = False,
@@ -167,47 +213,128 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> Non
 
 
 @app.command()
+@_interruptible
 def worker(
     study: Annotated[str, typer.Option(help="name of the study (printed by the run that created it)")],
     storage: Annotated[str, typer.Option(help="Optuna storage URL, e.g. postgresql://user@host:5432/optuna")],
     n_trials: Annotated[Optional[int], typer.Option(min=1, help="trials this worker evaluates at most")] = None,
     timeout: Annotated[Optional[float], typer.Option(min=0, help="seconds this worker runs at most")] = None,
     device: Annotated[Optional[str], typer.Option(help="user@host[:port] of this worker's device (default: the run's)")] = None,
+    trust_study: Annotated[bool, typer.Option(
+        help="run code the study names (python: specs, pickled checkpoints); trust whoever can write the storage")] = False,
 ) -> None:
     """Join a `--search optuna` study and evaluate its trials on this machine's target."""
     from pipeline.worker import run_worker
 
-    n, why = run_worker(study, storage, n_trials, timeout, device=device, log=typer.echo)
+    n, why = run_worker(study, storage, n_trials, timeout, device=device, log=typer.echo, trust=trust_study)
     typer.echo(f"{n} trials evaluated; {why}")
 
 
-def main() -> None:
-    """Console entry point: map errors to one line + hint and exit code 2."""
+def _usage_error(e: BaseException) -> tuple[str, str] | None:
+    """(message, hint) for the CLI framework's own exceptions: click's, or typer's vendored copy of click."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if "NoArgsIsHelpError" in names:  # `pipeline` alone: the help on stdout, and a usage error
+        ctx = getattr(e, "ctx", None)
+        if ctx is not None:
+            typer.echo(ctx.get_help())
+        return "a command is needed", "pipeline --help lists the commands"
+    if "ClickException" in names:
+        ctx = getattr(e, "ctx", None)
+        cmd = ctx.command_path if ctx is not None else "pipeline"
+        return e.format_message(), f"see `{cmd} --help`"
+    if "Abort" in names:
+        return "aborted", "run the command again"
+    return None
+
+
+def _unexpected(e: BaseException) -> None:
+    """One line on the terminal; the traceback in the run folder's log, or in a log file named in the hint."""
+    import traceback
+
+    from pipeline.console import Console
+
+    log = logging.getLogger("pipeline")
+    tb = traceback.format_exc()
+    files = [h.baseFilename for h in log.handlers if isinstance(h, logging.FileHandler)]
+    if files:
+        log.error("unexpected failure\n%s", tb)
+        where = files[0]
+    else:
+        where = str(crash_log(tb))
+    first = str(e).splitlines()[0] if str(e) else ""
+    Console().error(f"unexpected {type(e).__name__}: {first}", f"the traceback is in {where}; please report it")
+
+
+def crash_log(text: str) -> Path:
+    """Write a traceback that has no run folder to go to: ``$XDG_CACHE_HOME/edge-pipeline/last-error.log``."""
+    import os
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-pipeline"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / "last-error.log"
+        path.write_text(text)
+    except OSError:
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="edge-pipeline-error-", suffix=".log")
+        with open(fd, "w") as f:
+            f.write(text)
+        path = Path(name)
+    return path
+
+
+def run_cli() -> int:
+    """Run the app; every way it can end becomes an exit code (see :data:`EXIT_CODES`), with one line
+    and a hint on the terminal for every failure and no traceback there."""
+    from core.errors import Terminated
     from pipeline.console import Console
 
     try:
         rc = app(standalone_mode=False)  # click returns the exit code instead of raising
-        sys.exit(rc if isinstance(rc, int) else 0)
+        return rc if isinstance(rc, int) else 0
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        return int(e.exit_code)
     except PipelineError as e:
         Console().error(e.message, e.hint)
-        sys.exit(EXIT_ERROR)
+        return int(getattr(e, "exit_code", EXIT_ERROR))
+    except Terminated:
+        Console().error("terminated (SIGTERM)", "rerun with --resume --out RUN_DIR to continue")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         Console().error("interrupted", "rerun with --resume --out RUN_DIR to continue")
-        sys.exit(EXIT_ERROR)
-    except Exception as e:  # noqa: BLE001 - click usage errors and unexpected failures
-        import click
+        return EXIT_INTERRUPTED
+    except SystemExit as e:  # sys.exit() outside a stage (inside one, the runner turns it into a StageError)
+        if isinstance(e.__context__, BrokenPipeError) or type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            return EXIT_ERROR  # the reader of our output went away (`pipeline -h | head`): nothing to say
+        Console().error(f"stopped by sys.exit({e.code!r}) before the command finished",
+                        "if a python: factory or data function called it: return the result instead")
+        return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - usage errors of the CLI framework, then truly unexpected failures
+        usage = _usage_error(e)
+        if usage is not None:
+            Console().error(*usage)
+            return EXIT_ERROR
+        _unexpected(e)
+        return EXIT_ERROR
 
-        if isinstance(e, click.exceptions.ClickException):
-            Console().error(e.format_message(), "see `pipeline COMMAND --help`")
-            sys.exit(EXIT_ERROR)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(EXIT_ERROR)
-        logging.getLogger("pipeline").exception("unexpected failure")
-        Console().error(f"unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                        "the traceback is in the run folder's logs/pipeline.log; please report it")
-        sys.exit(EXIT_ERROR)
+
+def main() -> None:
+    """Console entry point: exit with :func:`run_cli`'s code.
+
+    User code left running after a load timeout or an interrupt (a hung factory, threads or pools it
+    started) must not keep the process, and with it a CI job, alive: with such threads still there,
+    the process flushes and ends at once (``os._exit``)."""
+    import os
+    import threading
+
+    code = run_cli()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

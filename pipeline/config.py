@@ -15,13 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.errors import ConfigError, did_you_mean
 
 DEFAULT_MODEL = "example:digits-resnet"
+MAX_SAMPLE_ELEMENTS = 1 << 28  # one sample of 256 M floats (1 GiB) is no edge model's input: a typo
 # examples/default.yaml, shipped inside the package as pipeline/default.yaml (a symlink in the
 # repository; a regular file in a built wheel), so an installed `pipeline run` finds it too
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # inf would make a budget vacuous
 
 
 class Constraints(_Frozen):
@@ -153,12 +154,28 @@ class RunConfig(_Frozen):
     search: str = "global"  # a registered search (`pipeline searches`); checked before any work
     policy: str | None = None
     seed: int = 0
-    trust_checkpoint: bool = False
+    trust_checkpoint: bool = False  # command line only (--trust-checkpoint): a config file may not set it
+    load_timeout_s: float = Field(600.0, gt=0)  # user code (python: factories, data functions) may hang
     prune: PruneConfig = PruneConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     export: ExportConfig = ExportConfig()
     measure: MeasureConfig = MeasureConfig()
     tune: TuneConfig = TuneConfig()
+
+    @field_validator("input_shape")
+    @classmethod
+    def _bounded_shape(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is None:
+            return v
+        if not v or any(d < 1 for d in v):
+            raise ValueError(f"every dimension must be >= 1, got {v}")
+        n = 1
+        for d in v:
+            n *= d
+        if n > MAX_SAMPLE_ELEMENTS:
+            raise ValueError(f"{'x'.join(map(str, v))} is {n:,} values per sample, more than {MAX_SAMPLE_ELEMENTS:,}: "
+                             "a typo? (give C,H,W of one sample)")
+        return v
 
     @field_validator("search")
     @classmethod
@@ -220,12 +237,31 @@ def _format_validation(err: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {msg}", hint="fix the value and run again")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a run config is a few kB; a bigger file is not one
+MAX_YAML_ALIASES = 64  # anchors are fine; an alias bomb (billions of laughs) is refused before it expands
+MAX_YAML_NODES = 100_000  # values after aliases are expanded (what model_dump and every digest will walk)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses documents with more than :data:`MAX_YAML_ALIASES` aliases."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name): refused")
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping; syntax errors name the line."""
+    """Read a YAML mapping; syntax errors name the line. Bounded: size and alias count."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}", hint="check the path given to --config")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {path.stat().st_size} bytes: not a run config (at most {MAX_CONFIG_BYTES})",
+                          hint="give the YAML run config (see examples/default.yaml)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(errors="replace"), Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -233,10 +269,26 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}", hint="fix the YAML syntax") from None
     if data is None:
         return {}
+    if _expanded_nodes(data, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise ConfigError(f"{path}: more than {MAX_YAML_NODES:,} values once its aliases are expanded",
+                          hint="a run config is a few dozen keys: remove the aliases (*name) that repeat large parts")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}",
                           hint="see examples/default.yaml")
     return data
+
+
+def _expanded_nodes(obj: Any, limit: int) -> int:
+    """Values in ``obj`` counting every reference again (as serialising it would), stopping past ``limit``."""
+    n, todo = 0, [obj]
+    while todo and n <= limit:
+        x = todo.pop()
+        n += 1
+        if isinstance(x, dict):
+            todo.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            todo.extend(x)
+    return n
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -263,10 +315,12 @@ def resolve_config(config_path: Path | None, overrides: dict[str, Any],
         ConfigError: on syntax errors, unknown keys, or invalid values.
     """
     path = config_path or DEFAULT_CONFIG
+    source = str(path) if config_path else "config"
     if base is not None:
         data = dict(base)
     else:
         data = read_yaml(path) if (config_path or DEFAULT_CONFIG.is_file()) else {}
+        _check_file_data(data, source)
     clean = _drop_none(overrides)
     cons = clean.get("constraints", {})
     if ("latency_ms" in cons) != ("speedup" in cons) and isinstance(data.get("constraints"), dict):
@@ -276,7 +330,36 @@ def resolve_config(config_path: Path | None, overrides: dict[str, Any],
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as e:
-        raise _format_validation(e, str(path) if config_path else "config") from None
+        raise _format_validation(e, _source_of(e, clean, source)) from None
+
+
+def _check_file_data(data: dict[str, Any], source: str) -> None:
+    """A config file may not hand out trust, and its sections must be mappings (a flag must not silently
+    replace a wrongly typed section)."""
+    if data.get("trust_checkpoint"):
+        raise ConfigError(f"{source}: trust_checkpoint can only be given on the command line",
+                          hint="pass --trust-checkpoint: a file must not decide to load pickled code")
+    data.pop("trust_checkpoint", None)
+    for name in _SECTIONS:
+        if name in data and data[name] is not None and not isinstance(data[name], dict):
+            raise ConfigError(f"{source}: {name} must be a mapping of keys, got {type(data[name]).__name__}",
+                              hint=f"write it as '{name}: {{key: value}}' (see examples/default.yaml)")
+
+
+def _source_of(err: ValidationError, given: dict[str, Any], source: str) -> str:
+    """Where the first invalid value came from: the flag that gave it, else the file."""
+    loc = tuple(str(x) for x in err.errors()[0]["loc"] if not isinstance(x, int))
+    node: Any = given
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return source
+        node = node[part]
+    if not loc or isinstance(node, dict):  # a whole-config or whole-section check: not one flag's value
+        return source
+    from pipeline.run_options import RUN_OPTIONS
+
+    flag = next((o.name for o in RUN_OPTIONS if o.key == ".".join(loc)), None)
+    return f"--{flag.replace('_', '-')}" if flag else "command line"
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 log = logging.getLogger("pipeline")
 
-ICON = {"ok": "✅", "skipped": "⏭️ ", "failed": "❌", "reused": "♻️ "}
+ICON = {"ok": "✅", "skipped": "⏭️ ", "failed": "❌", "reused": "♻️ ", "interrupted": "⏹️ ", "running": "▶"}
 
 
 class Console:

@@ -21,7 +21,7 @@ MANIFEST = "manifest.json"
 @dataclass
 class StageRecord:
     name: str
-    status: str  # ok | skipped | failed | reused
+    status: str  # ok | skipped | failed | reused | running | interrupted
     seconds: float
     config_digest: str = ""
     inputs: dict[str, str] = field(default_factory=dict)  # path (relative to run dir) -> sha256

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 from pathlib import Path
 
-from core.errors import ConfigError
+from core.errors import ConfigError, PipelineError
 from pipeline.config import RunConfig
-from pipeline.runner import RunState, default_run_dir, execute, prepare_run_dir
+from pipeline.preflight import check_names
+from pipeline.runner import RunState, default_run_dir, execute
 
 log = logging.getLogger("pipeline")
 
@@ -49,28 +52,14 @@ def plan_text(cfg: RunConfig, out: Path | None) -> str:
     return "\n".join(lines)
 
 
-def check_names(cfg: RunConfig) -> None:
-    """Fail before any work (and before a run folder exists) on names that cannot resolve."""
-    from search import SEARCHES
-    from stages.load.data import DATA_SOURCES
-    from stages.load.models import MODEL_SOURCES
-    from stages.prune.plan import PruningPlan
-    from stages.score import CRITERIA
+def run_pipeline(cfg: RunConfig, out: Path | None, resume: bool, ui, overwrite: bool = False) -> bool:
+    """Run every stage in a run folder this process owns; return True when the constraints are met.
 
-    MODEL_SOURCES.get(cfg.model.partition(":")[0])
-    if cfg.arch:
-        MODEL_SOURCES.get(cfg.arch.partition(":")[0])
-    DATA_SOURCES.get(cfg.data.partition(":")[0])
-    if cfg.policy:
-        PruningPlan.from_file(Path(cfg.policy))
-    else:
-        CRITERIA.get(cfg.criterion).resolve_options(cfg.criterion_options)
-        c = cfg.constraints
-        SEARCHES.get(cfg.search).check(cfg.objective, c.latency_ms is not None or c.speedup is not None)
-
-
-def run_pipeline(cfg: RunConfig, out: Path | None, resume: bool, ui) -> bool:
-    """Run every stage; return True when the constraints are met."""
+    SIGTERM (a CI runner cancelling the job) is turned into :class:`core.errors.Terminated` while
+    the run lasts: the current stage is recorded ``interrupted``, atomic writes leave no partial
+    file, and ``--resume`` continues.
+    """
+    from pipeline.runfolder import RunFolder
     from pipeline.steps import build_stages
     from targets import get_target
 
@@ -78,21 +67,47 @@ def run_pipeline(cfg: RunConfig, out: Path | None, resume: bool, ui) -> bool:
     target = get_target(cfg.target, options)  # unknown/unavailable targets and options fail before any work
     check_names(cfg)
     run_dir = Path(out) if out else default_run_dir(_model_name(cfg.model))
-    prepare_run_dir(run_dir, resume)
-    handler = logging.FileHandler(run_dir / "logs" / "pipeline.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    with RunFolder(run_dir, resume=resume, overwrite=overwrite), _terminated_on_sigterm():
+        handler = logging.FileHandler(run_dir / "logs" / "pipeline.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        try:
+            ui.note(f"run folder: {run_dir}")
+            state = RunState(cfg=cfg, run_dir=run_dir, ui=ui, target=target)
+            records = execute(build_stages(), state, resume)
+            ui.summary(state.report, records)
+            ui.note(f"report: {run_dir / 'report.md'}")
+            return bool(state.report["constraints"]["met"])
+        except PipelineError:
+            raise
+        except Exception as e:  # noqa: BLE001 - unexpected: the traceback into the run's log, one line on the terminal
+            log.exception("unexpected failure")
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            raise PipelineError(f"unexpected {type(e).__name__}: {first}",
+                                hint=f"the traceback is in {handler.baseFilename}; please report it") from None
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+
+@contextlib.contextmanager
+def _terminated_on_sigterm():
+    """While the block runs, SIGTERM raises :class:`core.errors.Terminated` in the main thread."""
+    from core.errors import Terminated
+
+    def handler(signum, frame):
+        raise Terminated()
+
     try:
-        ui.note(f"run folder: {run_dir}")
-        state = RunState(cfg=cfg, run_dir=run_dir, ui=ui, target=target)
-        records = execute(build_stages(), state, resume)
-        ui.summary(state.report, records)
-        ui.note(f"report: {run_dir / 'report.md'}")
-        return bool(state.report["constraints"]["met"])
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
 
 
 def measure_file(path: Path, target_name: str, batch: int, threads: int | None, duration: float) -> dict:
@@ -108,7 +123,11 @@ def measure_file(path: Path, target_name: str, batch: int, threads: int | None, 
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"{path} is not an ONNX model: {str(e).splitlines()[0][:200]}",
                           hint="give a .onnx file") from None
-    dims = m.graph.input[0].type.tensor_type.shape.dim
+    inits = {i.name for i in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in inits]
+    if not inputs:
+        raise ConfigError(f"{path} has no graph input: nothing to feed", hint="export the model with an input")
+    dims = inputs[0].type.tensor_type.shape.dim
     sample = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims[1:])
     target = get_target(target_name)
     engine = target.build(Path(path), sample, Path(path).parent)

@@ -98,6 +98,7 @@ RUN_OPTIONS: tuple[Opt, ...] = (
     Opt("threads", I, "runtime threads (default: physical cores)", "measure.threads"),
     Opt("out", P, "run folder (default runs/<UTC>-<model>)"),
     Opt("resume", bool, "continue the run in --out, rerunning only stale stages", default=False),
+    Opt("overwrite", bool, "start over in a folder that holds a run, or write into a non-empty one", default=False),
     Opt("dry_run", bool, "print the resolved config and stage plan; run nothing", default=False),
     Opt("seed", I, "random seed", "seed"),
     Opt("trust_checkpoint", bool, "allow loading pickled modules from file: checkpoints", "trust_checkpoint",

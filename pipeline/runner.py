@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.errors import ConfigError, PipelineError, StageError
+from core.errors import PipelineError, StageError
 from core.io import atomic_torch_save, atomic_write_json, digest, sha256_file
 from pipeline.config import RunConfig
 from pipeline.manifest import Manifest, StageRecord
@@ -73,24 +73,11 @@ def default_run_dir(model_name: str) -> Path:
     return Path("runs") / f"{stamp}-{safe}"
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    """Create the run folder; refuse to overwrite a previous run unless resuming."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"output folder {run_dir} is not writable: {e.strerror or e}",
-                          hint="choose another folder with --out") from None
-    if not resume and (run_dir / "manifest.json").exists():
-        raise ConfigError(f"{run_dir} already holds a run",
-                          hint="add --resume to continue it, or choose a new folder with --out")
-    (run_dir / "logs").mkdir(exist_ok=True)
-
-
 def _config_digest(cfg: RunConfig, keys: tuple[str, ...]) -> str:
-    d = cfg.model_dump(mode="json")
+    """Digest of the config sections a stage depends on. ``trust_checkpoint`` is permission, not a setting:
+    it changes no artifact, so it enters as False (the value every digest had before it stopped being
+    inherited by ``--resume``): a resume that forgets the flag reruns nothing that could load anyway."""
+    d = {**cfg.model_dump(mode="json"), "trust_checkpoint": False}
     return digest({k: d.get(k) for k in keys})
 
 
@@ -101,6 +88,9 @@ def execute(stages: list[Stage], state: RunState, resume: bool) -> list[StageRec
         "config": state.cfg.model_dump(mode="json"), "versions": versions(),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
+    if old is not None:  # until a stage is redone, the earlier records stand (a crash now loses nothing)
+        manifest.stages = dict(old.stages)
+    manifest.save()  # before the first stage: a kill -9 during load still leaves a run to resume
     for st in stages:
         cdig = _config_digest(state.cfg, st.config_keys)
         # a rerun upstream stage that writes different files changes this stage's input hashes,
@@ -118,28 +108,49 @@ def execute(stages: list[Stage], state: RunState, resume: bool) -> list[StageRec
         state.ui.stage_start(st.name)
         t0 = time.perf_counter()
         ins = manifest.hashes(list(st.inputs))
+        manifest.record(StageRecord(st.name, "running", 0.0, cdig, ins, {}, {}, None, versions()))
         try:
-            metrics = st.fn(state) or {}
-        except BaseException as e:
-            secs = time.perf_counter() - t0
-            msg = e.message if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
-            log.error("stage %s failed: %s\n%s", st.name, msg, traceback.format_exc())
-            rec = StageRecord(st.name, "failed", secs, cdig, ins, {}, {}, msg, versions())
-            manifest.record(rec)
-            state.records.append(rec)
-            state.ui.stage_done(st.name, "failed", secs, msg)
+            rec = _run_stage(st, state, cdig, ins, t0)
+        except BaseException as e:  # the record must never stay "running" (Ctrl-C, SIGTERM, a failed check)
+            _record_failure(st.name, e, time.perf_counter() - t0, cdig, ins, manifest, state)
+            if isinstance(e, SystemExit):  # user code must not decide the exit code (0 would read as "met")
+                raise StageError(f"stage {st.name}: user code called sys.exit({e.code!r})",
+                                 hint="a python: factory or data function must return its result, not exit") from None
             raise
-        secs = time.perf_counter() - t0
-        status = metrics.pop("_status", "ok")
-        outs = {p: sha256_file(state.run_dir / p) for p in st.outputs if (state.run_dir / p).is_file()}
-        missing = [p for p in st.outputs if p not in outs]
-        if missing and status == "ok":
-            raise StageError(f"stage {st.name} did not write {', '.join(missing)}", hint="this is a bug; see logs/")
-        rec = StageRecord(st.name, status, secs, cdig, ins, outs, metrics, None, versions())
         manifest.record(rec)
         state.records.append(rec)
-        state.ui.stage_done(st.name, status, secs, metrics.get("_summary", ""))
+        state.ui.stage_done(st.name, rec.status, rec.seconds, rec.metrics.get("_summary", ""))
     return state.records
+
+
+def _run_stage(st: Stage, state: RunState, cdig: str, ins: dict, t0: float) -> StageRecord:
+    """Run one stage and make its record: status, output hashes, metrics (a missing output is a bug)."""
+    metrics = st.fn(state) or {}
+    secs = time.perf_counter() - t0
+    status = metrics.pop("_status", "ok")
+    outs = {p: sha256_file(state.run_dir / p) for p in st.outputs if (state.run_dir / p).is_file()}
+    missing = [p for p in st.outputs if p not in outs]
+    if missing and status == "ok":
+        raise StageError(f"stage {st.name} did not write {', '.join(missing)}", hint="this is a bug; see logs/")
+    return StageRecord(st.name, status, secs, cdig, ins, outs, metrics, None, versions())
+
+
+def _record_failure(name: str, e: BaseException, secs: float, cdig: str, ins: dict, manifest: Manifest,
+                    state: RunState) -> None:
+    """The stage's record when it did not finish: ``interrupted`` (Ctrl-C, SIGTERM) or ``failed``."""
+    interrupted = isinstance(e, KeyboardInterrupt)
+    if isinstance(e, PipelineError):
+        msg = e.message
+    elif isinstance(e, SystemExit):
+        msg = f"user code called sys.exit({e.code!r})"
+    else:
+        msg = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    status = "interrupted" if interrupted else "failed"
+    log.error("stage %s %s: %s\n%s", name, status, msg, traceback.format_exc())
+    rec = StageRecord(name, status, secs, cdig, ins, {}, {}, msg, versions())
+    manifest.record(rec)
+    state.records.append(rec)
+    state.ui.stage_done(name, status, secs, msg)
 
 
 # ------------------------------------------------------------------ artifact helpers

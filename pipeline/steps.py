@@ -13,6 +13,7 @@ from core.errors import ConfigError, StageError
 from core.io import atomic_torch_save, sha256_file
 from core.records import Measurement
 from pipeline import settings
+from pipeline.preflight import check_baseline, check_loaded
 from pipeline.report import build_report, write_report
 from pipeline.runner import RunState, Stage, load_pruned, read_json, save_pruned, write_json
 from pipeline.settings import distill_settings, export_settings, measure_settings
@@ -46,16 +47,41 @@ def _parity_inputs(state: RunState) -> torch.Tensor:
 # ------------------------------------------------------------------ load
 
 def load_inputs(cfg) -> tuple:
-    """The model and data of ``cfg`` (:func:`stages.load.inputs.load_inputs`); the data's metric must be a
-    registered evaluator (``stages.evaluate.EVALUATORS``)."""
-    lm, data = _load_inputs(ModelRequest(cfg.model, cfg.arch, cfg.input_shape, cfg.trust_checkpoint), cfg.data,
-                            cfg.seed)
+    """The model and data of ``cfg`` (:func:`stages.load.inputs.load_inputs`), within ``load_timeout_s``;
+    the data's metric must be a registered evaluator (``stages.evaluate.EVALUATORS``)."""
+    req = ModelRequest(cfg.model, cfg.arch, cfg.input_shape, cfg.trust_checkpoint)
+    lm, data = within(cfg.load_timeout_s, "loading the model and data", lambda: _load_inputs(req, cfg.data, cfg.seed),
+                      hint="a python: factory or data function may hang: check it, or raise load_timeout_s")
     EVALUATORS.get(data.metric)
     return lm, data
 
 
+def within(seconds: float, what: str, fn, hint: str):
+    """``fn()`` in a daemon thread, given ``seconds`` to finish (user code can hang: a stuck factory must not
+    hold a CI job forever). Its exception, ``SystemExit`` included, is raised here."""
+    import threading
+
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - a thread swallows SystemExit; carry everything over
+            box["error"] = e
+
+    t = threading.Thread(target=work, name="edge-load", daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise StageError(f"{what} did not finish in {seconds:g} s", hint=hint)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def s_load(state: RunState) -> dict:
     lm, data = load_inputs(state.cfg)
+    check_loaded(state.cfg, lm, data)  # before the baseline: ignore names, policy fit, labels
     state.loaded, state.data = lm, data
     macs, params = macs_params(lm.module, lm.input_shape)
     return {"model": lm.spec, "params": params, "macs": macs, "input_shape": list(lm.input_shape),
@@ -76,6 +102,7 @@ def s_baseline(state: RunState) -> dict:
     timing = state.target.measure([engine], measure_settings(state.cfg), rounds=state.cfg.measure.final_rounds)[0]
     with state.target.runner(engine) as r:
         test_acc = evaluate(data.metric, r, data.test)
+    check_baseline(test_acc, data, state.cfg.constraints.max_accuracy_drop)
     calib_acc = evaluate(data.metric, TorchRunner(lm.module), data.calib)
     macs, params = macs_params(lm.module, lm.input_shape)
     rec = Measurement.from_timing(timing, onnx_bytes=exp["onnx_bytes"], params=params, macs=macs,

@@ -56,20 +56,40 @@ def make_run_spec(cfg, *, model, groups, scores, baseline_latency_ms: float, dro
             "model_sha256": model_fingerprint(model), "drop_blocks": list(drop_blocks)}
 
 
-def evaluator_from_study(attrs: Mapping, workdir: Path, *, device: str | None = None, log=lambda s: None):
+def study_config(run: Mapping, *, trust: bool = False, device: str | None = None):
+    """The run's config as a worker may use it: trust comes from the worker's own command line.
+
+    The study (a shared database) must not choose code for this machine to run: a ``python:`` model,
+    architecture or data spec, or pickled checkpoints (``trust_checkpoint``), needs the worker's
+    ``--trust-study``.
+    """
+    from pipeline.config import RunConfig
+
+    cfg = RunConfig.model_validate(run["config"])
+    code = [f"{k} {v}" for k, v in (("model", cfg.model), ("arch", cfg.arch), ("data", cfg.data))
+            if v and str(v).startswith("python:")]
+    if (code or cfg.trust_checkpoint) and not trust:
+        what = ", ".join(code) if code else "pickled checkpoints (trust_checkpoint)"
+        raise ConfigError(f"the study asks this worker to run code it names: {what}",
+                          hint="start the worker with --trust-study if you trust whoever can write to this storage")
+    return cfg.model_copy(update={"trust_checkpoint": bool(trust and cfg.trust_checkpoint),
+                                  **({"device": device} if device else {})})
+
+
+def evaluator_from_study(attrs: Mapping, workdir: Path, *, device: str | None = None, log=lambda s: None,
+                         trust: bool = False):
     """Rebuild the run's evaluator on this machine from a study's user attributes.
 
     Loads the model and data named by the run's config, checks they are the run's (weights
     fingerprint, group structure, unpruned calibration accuracy), drops the blocks the run's depth
     pruning dropped, exports the unpruned model and builds the evaluator on this machine's target
     (``device`` overrides the config's ``--device``, for a worker that drives its own Jetson over
-    SSH).
+    SSH). Code the study names runs only with ``trust`` (:func:`study_config`).
     """
     import copy
 
     import torch
 
-    from pipeline.config import RunConfig
     from pipeline.settings import build_evaluator, export_settings
     from search.evaluator import Subject
     from stages.evaluate import TorchRunner, evaluate
@@ -85,9 +105,7 @@ def evaluator_from_study(attrs: Mapping, workdir: Path, *, device: str | None = 
         raise ConfigError("the study carries no run description (edge_pipeline.run) for workers",
                           hint="start the search with `pipeline run --search optuna --storage URL`; it writes one")
     spec = SearchSpec.from_json(attrs.get(SEARCH_KEY))
-    cfg = RunConfig.model_validate(run["config"])
-    if device:
-        cfg = cfg.model_copy(update={"device": device})
+    cfg = study_config(run, trust=trust, device=device)
     options = {**cfg.target_options, **({"device": cfg.device} if cfg.device else {})}
     target = get_target(cfg.target, options)
     lm, data = load_inputs(ModelRequest(cfg.model, cfg.arch, cfg.input_shape, cfg.trust_checkpoint), cfg.data,
@@ -122,10 +140,13 @@ def evaluator_from_study(attrs: Mapping, workdir: Path, *, device: str | None = 
 
 def run_worker(study: str, storage: str, n_trials: int | None = None, timeout: float | None = None, *,
                device: str | None = None, log=lambda s: None, evaluator_factory=None,
-               heartbeat_s: int | None = None) -> tuple[int, str]:
-    """:func:`search.optuna.run_worker` with the run's own evaluator (:func:`evaluator_from_study`) unless
-    ``evaluator_factory`` is given (tests pass a fake one)."""
-    return _run_worker(study, storage, n_trials, timeout, evaluator_factory=evaluator_factory or evaluator_from_study,
+               heartbeat_s: int | None = None, trust: bool = False) -> tuple[int, str]:
+    """:func:`search.optuna.run_worker` with the run's own evaluator (:func:`evaluator_from_study`, code the
+    study names only with ``trust``) unless ``evaluator_factory`` is given (tests pass a fake one)."""
+    def own(attrs, workdir, *, device=None, log=lambda s: None):
+        return evaluator_from_study(attrs, workdir, device=device, log=log, trust=trust)
+
+    return _run_worker(study, storage, n_trials, timeout, evaluator_factory=evaluator_factory or own,
                        device=device, log=log, heartbeat_s=heartbeat_s)
 
 

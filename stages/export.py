@@ -17,6 +17,7 @@ work with torch 2.14.1; pick ``export.exporter: dynamo`` for models the tracer c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from core.errors import StageError
+from core.io import file_mode
 from core.parity import Tolerance, compare_outputs
 
 INPUT_NAME = "input"
@@ -47,7 +49,7 @@ def export_onnx(model: nn.Module, sample_shape: tuple[int, ...], path: Path, set
     model = model.eval()
     x = torch.zeros((1, *sample_shape))
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)  # a leftover is found
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -60,6 +62,8 @@ def export_onnx(model: nn.Module, sample_shape: tuple[int, ...], path: Path, set
             raise StageError(f"exported ONNX fails onnx.checker: {str(e).splitlines()[0]}",
                              hint="try export.exporter: dynamo or another opset") from None
         onnx.save(graph, str(tmp))
+        with contextlib.suppress(OSError):  # a file system without modes
+            os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -124,14 +124,33 @@ def _check_jetson_options(options: Mapping[str, Any]) -> None:
 
 _REMOTE_CPU_OPTIONS = frozenset({"device", "remote_python"}) | SSH_OPTIONS
 
-TARGETS.add("cpu", TargetSpec("cpu", "ONNX Runtime CPU EP (here, or on --device over SSH)", False, True, ("fp32",),
-                              None, frozenset({"graph_optimization"}) | _REMOTE_CPU_OPTIONS, _cpu_available,
-                              _make_cpu))
+def _check_cpu_options(options: Mapping[str, Any]) -> None:
+    level = options.get("graph_optimization")
+    if level is not None and str(level) not in GRAPH_OPTIMIZATION:
+        from core.errors import did_you_mean
+
+        raise ConfigError(f"target option graph_optimization '{level}' is not one of "
+                          f"{', '.join(GRAPH_OPTIMIZATION)}.{did_you_mean(str(level), GRAPH_OPTIMIZATION)}",
+                          hint="graph_optimization: all | extended | basic | disable")
+
+
+GRAPH_OPTIMIZATION = ("all", "extended", "basic", "disable")  # ONNX Runtime's levels (targets/ort/worker.py)
+
+TARGETS.add("cpu", _ValidatedSpec("cpu", "ONNX Runtime CPU EP (here, or on --device over SSH)", False, True, ("fp32",),
+                                  None, frozenset({"graph_optimization"}) | _REMOTE_CPU_OPTIONS, _cpu_available,
+                                  _make_cpu, _check_cpu_options))
 TARGETS.add("cuda", _ValidatedSpec("cuda", "torch CUDA, eager or CUDA graphs (runtime ort: ONNX Runtime CUDA EP)",
                                    True, False, ("fp32", "fp16"), None, CUDA_OPTIONS, _cuda_available, _make_cuda,
                                    _check_cuda_options))
-TARGETS.add("tensorrt", TargetSpec("tensorrt", "TensorRT 10/11 Python API", True, False, ("fp32", "fp16", "int8"),
-                                   ".plan", TENSORRT_OPTIONS, _tensorrt_available, _make_tensorrt))
+def _check_tensorrt_options(options: Mapping[str, Any]) -> None:
+    from targets.tensorrt.settings import TrtSettings
+
+    TrtSettings.from_options(options)
+
+
+TARGETS.add("tensorrt", _ValidatedSpec("tensorrt", "TensorRT 10/11 Python API", True, False, ("fp32", "fp16", "int8"),
+                                       ".plan", TENSORRT_OPTIONS, _tensorrt_available, _make_tensorrt,
+                                       _check_tensorrt_options))
 TARGETS.add("jetson", _ValidatedSpec("jetson", "trtexec + tegrastats on a Jetson, on the device or over SSH "
                                                "(runtime ort: ONNX Runtime there)",
                                      True, True, ("fp32", "fp16", "int8"), ".plan", JETSON_OPTIONS,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Deployment gate: run `pipeline run` in the edge-pipeline image, copy the run folder out, write a
 # Markdown summary, and exit with the pipeline's code: 0 budget met, 1 not met, 2 bad input or
-# failure (also when docker itself fails). Used by the GitHub and GitLab examples in this folder.
+# failure (also when docker itself fails), 130 / 143 interrupted / terminated (the job was cancelled:
+# the run folder is consistent, `--resume` continues it). Used by the GitHub and GitLab examples here.
 #
 #   examples/ci/gate.sh IMAGE CONFIG.yaml OUT_DIR [pipeline run flags ...]
 #
@@ -63,7 +64,11 @@ rc=$?
 mkdir -p "$(dirname "$OUT")"
 rmdir "$OUT" 2>/dev/null || true
 "$DOCKER" cp "$cid:/runs/$NAME" "$OUT" 2>/dev/null || mkdir -p "$OUT"
-case "$rc" in 0|1|2) ;; *) echo "error: the container ended with $rc (docker or the runtime failed, not a verdict)" >&2; rc=2;; esac
+case "$rc" in
+  0|1|2) ;;
+  130|143) echo "error: the run was interrupted (exit $rc); its folder is consistent: --resume continues it" >&2;;
+  *) echo "error: the container ended with $rc (docker or the runtime failed, not a verdict)" >&2; rc=2;;
+esac
 
 # summary.md: the verdict and violations from report.json, for a CI step summary or PR comment
 rep="$OUT/report.json"

@@ -112,6 +112,9 @@ def _evaluate_one(study, trial, ev, spec: SearchSpec, seen: dict, log: Log, work
         except optuna.exceptions.UpdateFinishedTrialError:  # we stalled past the grace period
             log(f"trial {trial.number}: already failed as stale by another process; its queued retry will run")
             return None
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM anywhere in the trial: never leave it RUNNING
+            _tell_fail(study, trial, "interrupted (KeyboardInterrupt)", "")
+            raise
 
 
 def _evaluate_and_tell(study, trial, ev, spec: SearchSpec, seen: dict, log: Log, worker: str) -> str | None:
@@ -122,9 +125,6 @@ def _evaluate_and_tell(study, trial, ev, spec: SearchSpec, seen: dict, log: Log,
         c = ev.measure_policy(spec.keep_ratios(ev, fams), spec.policy(fams))
         if spec.proxy == "recovered" and not c.recovered:
             c.accuracy, c.recovered = ev.recover(c), True
-    except KeyboardInterrupt:
-        _tell_fail(study, trial, "interrupted (KeyboardInterrupt)", "")
-        raise
     except Exception as e:  # noqa: BLE001 - one bad candidate must not end the search
         msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         _tell_fail(study, trial, msg, traceback.format_exc(limit=8))
@@ -254,6 +254,7 @@ def prepare_study(storage: str | None, name: str, spec: SearchSpec, *, run_spec:
     else:
         _check_resumable(SearchSpec.from_json(old), spec, name)
         log(f"resuming study '{name}': {len(prior)} trials already there")
+        _retry_orphans(study, prior, log)
     study.set_user_attr(SEARCH_KEY, spec.to_json())
     study.set_user_attr(CLOSED_KEY, False)
     if run_spec is not None:
@@ -263,6 +264,35 @@ def prepare_study(storage: str | None, name: str, spec: SearchSpec, *, run_spec:
     log(f"optuna {spec.sampler}: {len(fams)} families ({', '.join(fams)}), keep ratio {spec.space.low:g}..1 "
         f"step {spec.space.step:g}, cap {spec.max_trials} trials; study '{name}' in {where}")
     return study
+
+
+def _retry_orphans(study, prior, log: Log) -> None:
+    """Trials left RUNNING by a process of this machine that is gone (a kill -9 on SQLite, which has no
+    heartbeat): told FAIL and queued again with the same parameters, so a resumed search does not wait for them."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    for t in prior:
+        who = str(t.user_attrs.get("worker", ""))
+        w_host, _, pid = who.rpartition(":")
+        if t.state != TrialState.RUNNING or w_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - finished meanwhile
+            continue
+        study.enqueue_trial(t.params)
+        log(f"trial {t.number}: its process ({who}) is gone; failed and queued again")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _check_resumable(old: SearchSpec, new: SearchSpec, name: str) -> None:

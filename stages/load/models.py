@@ -228,6 +228,9 @@ def _file(arg: str, req: ModelRequest) -> LoadedModel:
 
 
 PRUNED_FORMAT = "edge-pipeline/pruned-v1"
+# the model specs a checkpoint may name by itself: they build known architectures and run no code of the file's
+# choosing (python: imports any module, file: reads another file); others need --arch or --trust-checkpoint
+SPECS_FROM_FILES = ("example", "torchvision", "timm", "hf")
 
 
 def _pruned_checkpoint(path: Path, blob: dict, req: ModelRequest) -> LoadedModel:
@@ -238,6 +241,10 @@ def _pruned_checkpoint(path: Path, blob: dict, req: ModelRequest) -> LoadedModel
     spec = req.arch or blob.get("model_spec")
     if not spec or str(spec).startswith("file:") and Path(str(spec)[5:]).resolve() == path.resolve():
         raise SpecError(f"{path}: the unpruned architecture is unknown", hint="pass --arch with the original model spec")
+    if not req.arch and str(spec).partition(":")[0] not in SPECS_FROM_FILES and not req.trust_checkpoint:
+        raise SpecError(f"{path} names its architecture '{spec}', which would import and run code the file chose",
+                        hint=f"pass --arch {spec} yourself, or --trust-checkpoint to let the file choose (specs a "
+                             f"file may name: {', '.join(p + ':' for p in SPECS_FROM_FILES)})")
     base = load_model_unchecked(ModelRequest(str(spec), input_shape=req.input_shape,
                                              trust_checkpoint=req.trust_checkpoint))
     base.module.eval()
@@ -259,21 +266,26 @@ def load_model_unchecked(req: ModelRequest) -> LoadedModel:
 
 
 def _read_checkpoint(path: Path, trust: bool) -> object:
-    import pickle
-
+    """``torch.load`` (weights only unless trusted); a refusal of pickled objects and a damaged file are told
+    apart, so only the first is pointed at ``--trust-checkpoint``."""
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as e:
-        if not trust and "weights_only" in str(e):
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in the unpickler with any exception type
+        text = str(e)
+        if not trust and "Unsupported global" in text:
             raise ModelLoadError(
                 f"{path} contains pickled Python objects (e.g. a whole nn.Module), refused by weights_only loading",
                 hint="save model.state_dict() instead, or pass --trust-checkpoint if you trust the file's source",
             ) from None
-        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint: {_first_line(e)}",
-                             hint="the file may be truncated or corrupt; re-save it") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint: {_first_line(e)}",
-                             hint="the file may be truncated or corrupt; re-save it") from None
+        if trust and isinstance(e, (AttributeError, ImportError)):  # a pickled class its module cannot give back
+            raise ModelLoadError(f"{path} holds a pickled object whose class cannot be imported here: "
+                                 f"{type(e).__name__}: {_first_line(e)[:160]}",
+                                 hint="make the module that defines it importable, or save a state_dict with "
+                                      "--arch instead") from None
+        what = "damaged, truncated or not a PyTorch checkpoint"
+        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({what}): {type(e).__name__}: "
+                             f"{_first_line(e)[:120]}", hint="re-save it with torch.save(model.state_dict(), PATH)") \
+            from None
 
 
 def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:

@@ -64,11 +64,15 @@ class PruningPlan:
 
     @classmethod
     def from_json(cls, d: Mapping) -> PruningPlan:
-        if d.get("format") != "edge-pipeline/plan-v1" or "groups" not in d:
+        """Read and validate a plan completely (every group's width and kept indices); a problem is a
+        ConfigError naming the group."""
+        if not isinstance(d, Mapping) or d.get("format") != "edge-pipeline/plan-v1" or "groups" not in d:
             raise ConfigError("not a pruning plan (format edge-pipeline/plan-v1 expected)",
                              hint="pass the policy.json written by a previous `pipeline run`")
-        groups = tuple(GroupPlan(gid, int(g["width"]), tuple(int(i) for i in g["keep_idxs"]))
-                       for gid, g in d["groups"].items())
+        if not isinstance(d["groups"], Mapping):
+            raise ConfigError("pruning plan: 'groups' must be a mapping of group id -> group",
+                              hint="pass the policy.json written by a previous `pipeline run`")
+        groups = tuple(_group_plan(str(gid), g) for gid, g in d["groups"].items())
         drop = d.get("drop_blocks", ())
         if not isinstance(drop, (list, tuple)) or not all(isinstance(n, str) for n in drop):
             raise ConfigError("pruning plan: drop_blocks must be a list of module names",
@@ -88,6 +92,30 @@ class PruningPlan:
 
     def widths(self) -> dict[str, int]:
         return {g.id: len(g.keep) for g in self.groups}
+
+
+def _group_plan(gid: str, g: object) -> GroupPlan:
+    """One group of a plan file, checked: an integer width >= 1, kept indices distinct integers in range."""
+    hint = "pass the policy.json written by a previous `pipeline run` for this model"
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"pruning plan, group '{gid}': {what}", hint=hint)
+
+    if not isinstance(g, Mapping) or "width" not in g or "keep_idxs" not in g:
+        raise bad("needs 'width' and 'keep_idxs'")
+    width, keep = g["width"], g["keep_idxs"]
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise bad(f"width must be an integer >= 1, got {width!r}")
+    if not isinstance(keep, (list, tuple)) or not keep:
+        raise bad("keep_idxs must be a non-empty list of channel indices")
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in keep):
+        raise bad(f"keep_idxs must be integers, got {next(i for i in keep if isinstance(i, bool) or not isinstance(i, int))!r}")
+    out = [i for i in keep if not 0 <= i < width]
+    if out:
+        raise bad(f"keep_idxs {out[:5]} out of range 0..{width - 1}")
+    if len(set(keep)) != len(keep):
+        raise bad(f"keep_idxs repeat channels ({len(keep)} given, {len(set(keep))} distinct)")
+    return GroupPlan(gid, width, tuple(sorted(keep)))
 
 
 def keep_count(width: int, keep_ratio: float, round_to: int | None) -> int:

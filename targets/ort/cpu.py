@@ -94,7 +94,9 @@ class CpuTarget:
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         try:
-            proc = subprocess.run([sys.executable, "-m", "targets.ort.worker", json.dumps(args)],
+            # cwd=root: `-m` puts the working directory first on sys.path, so a json.py (or numpy.py) where the
+            # user happens to be would be imported by the worker; our own root is the one safe choice there
+            proc = subprocess.run([sys.executable, "-m", "targets.ort.worker", json.dumps(args)], cwd=root,
                                   capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=env, check=False)
         except subprocess.TimeoutExpired:
             raise StageError(f"measurement of {args.get('model')} exceeded {WORKER_TIMEOUT_S}s",
@@ -127,13 +129,15 @@ class CpuTarget:
         threads = settings.threads or physical_cores()
         shape = list(engines[0].sample_shape)
         lat = self._spawn({
-            "mode": "latency", "models": [str(e.onnx_path) for e in engines], "threads": threads,
+            "mode": "latency", "models": [str(Path(e.onnx_path).resolve()) for e in engines], "threads": threads,
+            "optimization": self.optimization,
             "batch": settings.batch, "sample_shape": shape, "rounds": rounds, "warmup_s": settings.warmup_s,
             "min_duration_s": settings.min_duration_s, "min_iters": settings.min_iters,
         })
         empty = self.empty_rss_mb()
-        peaks = [float(self._spawn({"mode": "memory", "model": str(e.onnx_path), "threads": threads,
-                                    "batch": settings.batch, "sample_shape": shape})["peak_rss_mb"]) for e in engines]
+        peaks = [float(self._spawn({"mode": "memory", "model": str(Path(e.onnx_path).resolve()), "threads": threads,
+                                    "batch": settings.batch, "sample_shape": shape,
+                                    "optimization": self.optimization})["peak_rss_mb"]) for e in engines]
         return timing_records(engines, lat, batch=settings.batch, rounds=rounds, measured_on=self.describe(threads),
                               memory_mb=[max(0.0, p - empty) for p in peaks], threads=threads, peak_rss_mb=peaks,
                               empty_rss_mb=empty)

@@ -87,7 +87,7 @@ class OrtOnDevice:
     Args:
         device: Where to run (:class:`targets.ssh.Device`).
         python: The device's Python with numpy and onnxruntime.
-        optimization: Graph optimisation level recorded in the engine (the worker uses "all").
+        optimization: ONNX Runtime's graph optimisation level, for the worker and the engine record.
     """
 
     def __init__(self, device: Device, python: str = "python3", optimization: str = "all") -> None:
@@ -161,12 +161,14 @@ class OrtOnDevice:
             shape = list(engines[0].sample_shape)
             lat = self.spawn(s, {
                 "mode": "latency", "models": [s.path(n) for n in names], "threads": threads,
+                "optimization": self.optimization,
                 "batch": settings.batch, "sample_shape": shape, "rounds": rounds, "warmup_s": settings.warmup_s,
                 "min_duration_s": settings.min_duration_s, "min_iters": settings.min_iters,
             })
             empty = float(self.spawn(s, {"mode": "memory"})["peak_rss_mb"])
             peaks = [float(self.spawn(s, {"mode": "memory", "model": s.path(n), "threads": threads,
-                                          "batch": settings.batch, "sample_shape": shape})["peak_rss_mb"])
+                                          "batch": settings.batch, "sample_shape": shape,
+                                          "optimization": self.optimization})["peak_rss_mb"])
                      for n in names]
         return timing_records(engines, lat, batch=settings.batch, rounds=rounds, measured_on=measured_on(threads),
                               memory_mb=[max(0.0, p - empty) for p in peaks], threads=threads, peak_rss_mb=peaks,

@@ -41,11 +41,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _session(path: str, threads: int):
+LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+          "disable": "ORT_DISABLE_ALL"}
+
+
+def _session(path: str, threads: int, optimization: str = "all"):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[optimization])
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -67,7 +71,7 @@ def latency(args: dict) -> dict:
 
     runs = []
     for path in args["models"]:
-        sess, secs = _session(path, args["threads"])
+        sess, secs = _session(path, args["threads"], args.get("optimization", "all"))
         feed = _feed(sess, int(args["batch"]), args["sample_shape"])
         t0 = time.perf_counter()
         sess.run(None, feed)
@@ -75,7 +79,8 @@ def latency(args: dict) -> dict:
         runs.append(Prepared(lambda sess=sess, feed=feed: sess.run(None, feed), secs, first))
     settings = SimpleNamespace(warmup_s=float(args["warmup_s"]), min_duration_s=float(args["min_duration_s"]),
                                min_iters=int(args["min_iters"]))
-    return {**interleave(runs, settings, int(args["rounds"]), WallTimer()), "ort_version": ort.__version__}
+    return {**interleave(runs, settings, int(args["rounds"]), WallTimer()), "ort_version": ort.__version__,
+            "graph_optimization": args.get("optimization", "all")}
 
 
 def memory(args: dict) -> dict:
@@ -83,7 +88,7 @@ def memory(args: dict) -> dict:
 
     if not args.get("model"):
         return {"peak_rss_mb": peak_rss_mb()}
-    sess, _ = _session(args["model"], args["threads"])
+    sess, _ = _session(args["model"], args["threads"], args.get("optimization", "all"))
     feed = _feed(sess, int(args["batch"]), args["sample_shape"])
     for _ in range(5):
         sess.run(None, feed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from core.errors import ConfigError, StageError
+from core.io import file_mode
 from targets.ssh.address import Address, SshSettings
 
 log = logging.getLogger("pipeline.ssh")
@@ -403,6 +405,8 @@ def _fetch_atomically(local: Path, copy: Callable[[str], object]) -> Path:
     os.close(fd)
     try:
         copy(tmp)
+        with contextlib.suppress(OSError):  # a file system without modes
+            os.chmod(tmp, file_mode())
         os.replace(tmp, local)
     finally:
         if os.path.exists(tmp):

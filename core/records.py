@@ -91,13 +91,19 @@ class TimingRecord(Mapping):
 
     # read-only mapping over the JSON keys
     def __getitem__(self, key: str) -> Any:
-        return self.to_json()[key]
+        if key in _TIMING_FIELDS:
+            value = getattr(self, key)
+            return dict(value) if key == "latency_ms" else list(value) if key == "round_medians_ms" else value
+        return self.extra[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.to_json())
 
     def __len__(self) -> int:
         return len(self.to_json())
+
+
+_TIMING_FIELDS = frozenset(f.name for f in dataclasses.fields(TimingRecord)) - {"extra"}
 
 
 @dataclass(frozen=True)

@@ -269,11 +269,11 @@ def crash_log(text: str) -> Path:
     """Write a traceback that has no run folder to go to: ``$XDG_CACHE_HOME/edge-pipeline/last-error.log``."""
     import os
 
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-pipeline"
+    from core.io import atomic_write_text
+
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-pipeline" / "last-error.log"
     try:
-        base.mkdir(parents=True, exist_ok=True)
-        path = base / "last-error.log"
-        path.write_text(text)
+        atomic_write_text(path, text)
     except OSError:
         import tempfile
 

@@ -28,7 +28,7 @@ from stages.model.cost import macs_params
 from stages.model.graph import PruneGraph
 from stages.model.masks import reapply_masks
 from stages.prune.apply import Pruner
-from stages.prune.plan import PruningPlan, apply_plan
+from stages.prune.plan import PruningPlan
 from stages.recover import distill
 from stages.score import CRITERIA, ScoreContext, ScoreResult
 from targets.base import build_engine
@@ -246,8 +246,7 @@ def _run_spec(state: RunState, groups) -> dict:
 
 
 def _replay_policy(state: RunState, path: Path) -> dict:
-    plan = PruningPlan.from_file(path)
-    apply_plan(state.loaded.module, _example(state), plan)  # validates it fits this model
+    plan = PruningPlan.from_file(path)  # its fit to the model was checked by the load stage (check_loaded)
     state.plan = plan
     state.tune = {"budgets": None, "stop_reason": f"replayed {path}", "log": [], "candidates": []}
     write_json(state, "policy.json", plan.to_json())

@@ -150,11 +150,12 @@ class CandidateEvaluator:
         timing = self.target.measure([self.baseline_engine, engine], self.measure_settings, rounds=self.rounds)[1]
         # latency relative to the baseline measured in the same process, scaled to the baseline
         # stage's reference: drift of the machine's speed cancels out of the comparison
-        latency = self.baseline_latency_ms / timing["ratio_to_first"]
+        latency = self.baseline_latency_ms / timing.ratio_to_first
         macs, params = macs_params(pruned, self.sample_shape)
         acc = evaluate(self.data.metric, TorchRunner(pruned), self.data.calib)
-        cand = Candidate(ratio, key, latency, timing["memory_mb"], acc, macs, params, speedup=timing["ratio_to_first"],
-                         policy=dict(policy), payload={"plan": plan, "model": pruned, "raw_latency_ms": timing["latency_ms"]["median"]})
+        cand = Candidate(ratio, key, latency, timing.memory_mb, acc, macs, params, speedup=timing.ratio_to_first,
+                         policy=dict(policy),
+                         payload={"plan": plan, "model": pruned, "raw_latency_ms": timing.latency_ms["median"]})
         self._cache[key] = cand
         onnx_path.unlink(missing_ok=True)
         return cand
@@ -169,10 +170,10 @@ class CandidateEvaluator:
                                          rounds=2 * self.rounds)[1]
         finally:
             path.unlink(missing_ok=True)
-        speedup = min(float(timing["ratio_to_first"]), cand.speedup or float("inf"))
+        speedup = min(float(timing.ratio_to_first), cand.speedup or float("inf"))
         cand.speedup = speedup
         cand.latency_ms = self.baseline_latency_ms / speedup
-        cand.memory_mb = max(cand.memory_mb, timing["memory_mb"])
+        cand.memory_mb = max(cand.memory_mb, timing.memory_mb)
         cand.payload["confirmed"] = True
         return cand
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from core.errors import StageError
 from targets.tensorrt.settings import require_cuda_torch, require_tensorrt, trt_dtype_to_torch
-from targets.timing import Prepared
+from targets.timing import CudaEventTimer, Prepared
 
 
 class TrtRunner:
@@ -97,14 +97,14 @@ class TrtRunner:
 
     def prepare(self, shape: Sequence[int]) -> Prepared:
         """One call at ``shape`` on random inputs, for :func:`targets.timing.interleave` (GPU time: pair it
-        with ``CudaEventTimer(torch, runner.stream)``)."""
+        with :meth:`timer`)."""
         self._bind(shape)
         self._buffers[self.inputs[0]].normal_()
         return Prepared(self.execute, 0.0, 0.0)
 
-    @property
-    def stream(self):
-        return self._stream
+    def timer(self) -> CudaEventTimer:
+        """CUDA events on this runner's stream: the timer for :meth:`prepare`'s calls."""
+        return CudaEventTimer(self._torch, self._stream)
 
 
 def split_batches(n: int, max_batch: int) -> list[tuple[int, int]]:

@@ -13,7 +13,7 @@ from targets.base import Engine, MeasureSettings
 from targets.tensorrt.build import build_plan, gpu_identity
 from targets.tensorrt.runner import TrtRunner
 from targets.tensorrt.settings import TrtSettings, require_tensorrt
-from targets.timing import CudaEventTimer, interleave_rounds, time_calls, timing_records
+from targets.timing import interleave_rounds, time_calls, timing_records
 
 
 def parity_check(trt_outputs: Sequence[np.ndarray], ort_outputs: Sequence[np.ndarray], names: Sequence[str],
@@ -66,7 +66,7 @@ class TensorRTTarget:
             runners = [stack.enter_context(TrtRunner(Path(e.path))) for e in engines]
             shape = (settings.batch, *engines[0].sample_shape)
             runs = [r.prepare(shape) for r in runners]
-            timers = [CudaEventTimer(r._torch, r.stream) for r in runners]
+            timers = [r.timer() for r in runners]
             lat = interleave_rounds(
                 len(runs), rounds,
                 lambda i: time_calls(runs[i].call, timers[i], settings.warmup_s, settings.min_duration_s,

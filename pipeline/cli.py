@@ -196,6 +196,24 @@ def searches(pattern: Annotated[str, typer.Argument(help="glob over names")] = "
 
 
 @app.command()
+def metrics(pattern: Annotated[str, typer.Argument(help="glob over names")] = "*") -> None:
+    """List the evaluators (--metric): what each needs, its unit (the unit of --max-accuracy-drop) and direction."""
+    from rich.console import Console as RC
+    from rich.table import Table
+
+    from stages.evaluate import EVALUATORS
+
+    t = Table(show_edge=False)
+    for col in ("metric", "needs", "unit", "better", "what"):
+        t.add_column(col)
+    for name in EVALUATORS.names(pattern):
+        ev = EVALUATORS.get(name)
+        t.add_row(name, "labels" if ev.needs_labels else "the unpruned model (label-free)", ev.unit,
+                  "higher" if ev.higher_is_better else "lower", ev.summary)
+    RC(highlight=False, width=200).print(t)
+
+
+@app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None:
     """Print the summary of a finished run and exit 0 / 1 by its verdict."""
     from pipeline.console import Console

@@ -85,7 +85,9 @@ class RecoveryConfig(_Frozen):
     steps: int = Field(150, ge=0)
     tune_steps: int = Field(30, ge=0)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.01, gt=0)
+    # auto: AdamW for transformers (recognised self-attention or token inputs), SGD otherwise (stages/recover/distill.py)
+    optimizer: Literal["auto", "sgd", "adamw"] = "auto"
+    lr: float | None = Field(None, gt=0)  # None: the optimiser's default (sgd 0.01, adamw 1e-4)
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
     # gradient-flow soft pruning: over this many steps the pruned channels' masks decay to 0 while
@@ -142,7 +144,10 @@ class RunConfig(_Frozen):
 
     model: str = DEFAULT_MODEL
     arch: str | None = None
-    data: str = "digits"
+    task: str | None = None  # hf: models: the Auto class and contract (stages/load/hf.py)
+    output: str | None = None  # hf: models: the output key read (default: the task's)
+    data: str | None = None  # None: the model's own data (example models), else digits
+    metric: str | None = None  # a registered evaluator; None: top1 with labels, else the model's label-free one
     input_shape: tuple[int, ...] | None = None
     target: str = "cpu"
     target_options: dict[str, Any] = Field(default_factory=dict)
@@ -175,6 +180,28 @@ class RunConfig(_Frozen):
         if n > MAX_SAMPLE_ELEMENTS:
             raise ValueError(f"{'x'.join(map(str, v))} is {n:,} values per sample, more than {MAX_SAMPLE_ELEMENTS:,}: "
                              "a typo? (give C,H,W of one sample)")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _registered_metric(cls, v: str | None) -> str | None:
+        from core.errors import PipelineError
+        from stages.evaluate import EVALUATORS
+
+        if v is None:
+            return v
+        try:
+            return EVALUATORS.get(v).name
+        except PipelineError as e:
+            raise ValueError(f"{e.message} ({e.hint})") from None
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str | None) -> str | None:
+        from stages.load.hf import TASKS
+
+        if v is not None and v not in TASKS:
+            raise ValueError(f"unknown task '{v}' (tasks: {', '.join(TASKS)})")
         return v
 
     @field_validator("search")

@@ -79,8 +79,10 @@ class Console:
         t.add_column("baseline", justify="right")
         t.add_column("final", justify="right")
 
+        from stages.evaluate import format_score
+
         def acc(m: dict) -> str:
-            return "n/a" if m.get("accuracy") is None else f"{m['accuracy']:.2f}%"
+            return format_score(m.get("accuracy_metric") or "", m.get("accuracy"))
 
         t.add_row("latency median (ms)", f"{b['latency_ms']['median']:.3f}", f"{f['latency_ms']['median']:.3f}")
         t.add_row("latency p99 (ms)", f"{b['latency_ms']['p99']:.3f}", f"{f['latency_ms']['p99']:.3f}")

@@ -48,7 +48,8 @@ def check_names(cfg) -> None:
 
 
 def check_loaded(cfg, lm, data) -> None:
-    """What the loaded model tells: ignored modules exist, a replayed policy fits, labels can measure."""
+    """What the loaded model tells: ignored modules exist, a replayed policy fits, labels can measure, attention
+    widths split into their heads, a multi-input model runs on the target."""
     names = {n for n, _ in lm.module.named_modules()}
     unknown = [n for n in cfg.prune.ignore if n not in names]
     if unknown:
@@ -60,6 +61,29 @@ def check_loaded(cfg, lm, data) -> None:
         apply_plan(lm.module, torch.zeros((2, *lm.input_shape)), PruningPlan.from_file(Path(cfg.policy)))
     if data.labeled and _class_accuracy(data.metric):
         _check_labels(lm, data)
+    from stages.model.attention import attention_sites
+
+    attention_sites(lm.module, skip=cfg.prune.ignore)  # a head layout that does not divide: one error, now
+    _check_criterion_fits(cfg, lm, data)
+    if lm.io.packed and cfg.target != "cpu":
+        raise SpecError(f"model '{lm.spec}' takes {len(lm.io.inputs)} inputs ({', '.join(lm.io.names)}); target "
+                        f"'{cfg.target}' times and runs one-input models only in this version",
+                        hint="use --target cpu for token models (see docs/models.md)")
+
+
+def _check_criterion_fits(cfg, lm, data) -> None:
+    """A criterion that reads class probabilities needs a metric on class logits."""
+    from stages.evaluate import EVALUATORS
+    from stages.score import CRITERIA
+
+    if cfg.policy:
+        return
+    crit = CRITERIA.get(cfg.criterion)
+    kind = EVALUATORS.get(data.metric).loss
+    if crit.needs.classes and kind != "classes":
+        raise SpecError(f"criterion '{crit.name}' reads the probability of a class; model '{lm.spec}' is judged by "
+                        f"'{data.metric}' (its output is not class logits)",
+                        hint="use a criterion for any output: wanda, stade, magnitude-l2, sbpf or ld-pruner")
 
 
 def _class_accuracy(metric: str) -> bool:

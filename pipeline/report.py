@@ -18,6 +18,7 @@ from core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipeline.config import RunConfig
 from pipeline.versions import versions
 from search.budget import Budgets, Observed, verdict
+from stages.evaluate import EVALUATORS, format_score, metric_info, perplexity_of
 
 
 def constraints_section(cfg: RunConfig, base: dict, final: dict, speedup: float) -> dict:
@@ -29,8 +30,10 @@ def constraints_section(cfg: RunConfig, base: dict, final: dict, speedup: float)
     c = cfg.constraints
     budgets = Budgets(c.latency_ms, c.memory_mb, c.max_accuracy_drop,
                       base.get("accuracy") if final.get("accuracy") is not None else None, speedup=c.speedup)
+    metric = final.get("accuracy_metric") or "accuracy"
+    unit = EVALUATORS.get(metric).unit if metric in EVALUATORS else "%"
     v = verdict(budgets, Observed(final["latency_ms"]["median"], final["memory_mb"], speedup, final.get("accuracy"),
-                                  final.get("accuracy_metric") or "accuracy"),
+                                  metric, unit),
                 baseline_ms=base["latency_ms"]["median"])
     return {"latency_ms": c.latency_ms, "speedup": c.speedup, "memory_mb": c.memory_mb,
             "max_accuracy_drop": c.max_accuracy_drop, "met": v.met, "violations": v.violations}
@@ -55,6 +58,7 @@ def build_report(state: Any) -> dict:
         "final": final,
         "speedup": speedup,
         "accuracy_drop": (base["accuracy"] - final["accuracy"]) if base.get("accuracy") is not None else None,
+        "metric": metric_section(state, base, final),
         "policy": {"file": "policy.json", "groups": {g.id: {"width": g.width, "kept": len(g.keep),
                                                              "keep_ratio": round(len(g.keep) / g.width, 4)}
                                                       for g in state.plan.groups}},
@@ -69,6 +73,19 @@ def build_report(state: Any) -> dict:
         "versions": versions(),
         "sparsity": sparsity_section(state),
     }
+
+
+def metric_section(state: Any, base: dict, final: dict) -> dict | None:
+    """What ``accuracy`` and the floor are in (name, unit, direction); for ``perplexity`` also the perplexities
+    themselves on the test split."""
+    name = final.get("accuracy_metric")
+    if name not in EVALUATORS:
+        return None
+    out = metric_info(name)
+    if out["name"] == "perplexity" and final.get("accuracy") is not None:
+        out["perplexity"] = {k: round(perplexity_of(m["accuracy"], state.data.test), 4)
+                             for k, m in (("baseline", base), ("final", final)) if m.get("accuracy") is not None}
+    return out
 
 
 def sparsity_section(state: Any) -> dict | None:
@@ -219,7 +236,7 @@ def pareto_png(report: dict) -> bytes:
     if line:
         ax.axvline(line, ls="--", c="#999999", lw=1, label="latency budget")
     ax.set_xlabel(f"measured median latency, ms ({report['target']}; candidates via their measured speedup)")
-    ax.set_ylabel(f"{f.get('accuracy_metric') or 'accuracy'} (%)")
+    ax.set_ylabel(f"{f.get('accuracy_metric') or 'accuracy'} ({(report.get('metric') or {}).get('unit', '%')})")
     ax.set_title(f"{report['model']}: accuracy vs measured latency", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -233,13 +250,25 @@ def _ms(m: dict) -> str:
     return f"{m['latency_ms']['median']:.3f}"
 
 
+def _metric_lines(m: dict | None) -> list[str]:
+    if not m:
+        return []
+    lines = [f"- metric: `{m['name']}` in {m['unit']} ({m['summary']}); the accuracy floor is read in this unit"]
+    ppl = m.get("perplexity")
+    if ppl:
+        lines.append("- perplexity on the test split: " + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items()))
+    return lines
+
+
 def markdown(r: dict) -> str:
     b, f, c = r["baseline"], r["final"], r["constraints"]
     verdict_line = "**Constraints met.**" if c["met"] else "**Constraints NOT met:** " + "; ".join(c["violations"])
 
     def acc(m: dict) -> str:
-        return "n/a" if m.get("accuracy") is None else f"{m['accuracy']:.2f}%"
+        return format_score(m.get("accuracy_metric") or "", m.get("accuracy"))
 
+    unit = (r.get("metric") or {}).get("unit", "%")
+    drop_unit = "pts" if unit == "%" else f"({unit})"
     rows = [
         ("latency median (ms)", _ms(b), _ms(f)),
         ("latency p90 / p99 (ms)", f"{b['latency_ms']['p90']:.3f} / {b['latency_ms']['p99']:.3f}",
@@ -260,6 +289,7 @@ def markdown(r: dict) -> str:
         f"- objective: `{r['objective']}`; criterion: `{r['criterion']}`; search: `{r['search']}`",
         f"- speedup: **{r['speedup']:.2f}x** (median over interleaved rounds of baseline / final median latency)",
         f"- measured on: {f['measured_on']}",
+        *_metric_lines(r.get("metric")),
         "",
         "## Constraints",
         "",
@@ -273,7 +303,8 @@ def markdown(r: dict) -> str:
     if c["memory_mb"] is not None:
         lines.append(f"| memory | <= {c['memory_mb']:.1f} MB | {f['memory_mb']:.1f} MB |")
     if c["max_accuracy_drop"] is not None and r.get("accuracy_drop") is not None:
-        lines.append(f"| accuracy drop | <= {c['max_accuracy_drop']:.2f} pts | {r['accuracy_drop']:.2f} pts |")
+        lines.append(f"| {f['accuracy_metric']} drop | <= {c['max_accuracy_drop']:.2f} {drop_unit} | "
+                     f"{r['accuracy_drop']:.2f} {drop_unit} |")
     lines += ["", "## Baseline vs final", "", "| metric | baseline | final |", "|---|---|---|"]
     lines += [f"| {a} | {x} | {y} |" for a, x, y in rows]
     sp = r.get("sparsity")

@@ -76,10 +76,16 @@ S, I, F, P = Optional[str], Optional[int], Optional[float], Optional[Path]  # no
 
 RUN_OPTIONS: tuple[Opt, ...] = (
     Opt("config", P, "YAML config (default: examples/default.yaml)", flags=("--config", "-c")),
-    Opt("model", S, "example:NAME | torchvision:NAME | timm:NAME | file:PATH | python:mod:fn", "model"),
+    Opt("model", S, "example:NAME | torchvision:NAME | timm:NAME | hf:PATH_OR_ID | file:PATH | python:mod:fn",
+        "model"),
     Opt("arch", S, "architecture spec for a file: state_dict", "arch"),
-    Opt("data", S, "digits | imagefolder:PATH | random | python:mod:fn", "data"),
-    Opt("input_shape", S, "sample shape C,H,W", "input_shape", shape),
+    Opt("task", S, "hf: models: feature-extraction | sequence-classification | image-classification | causal-lm",
+        "task"),
+    Opt("output", S, "hf: models: the output read (a key of the model's output, or an index)", "output"),
+    Opt("data", S, "digits | imagefolder:PATH | random | text:FILE | tokens:random | python:mod:fn "
+                   "(default: the model's own, else digits)", "data"),
+    Opt("metric", S, "evaluator (see `pipeline metrics`; default: top1 with labels, else the model's)", "metric"),
+    Opt("input_shape", S, "sample shape C,H,W (token models: the sequence length L)", "input_shape", shape),
     Opt("target", S, "target name (see `pipeline targets`)", "target"),
     Opt("device", S, "user@host[:port] of a remote device", "device"),
     Opt("target_option", Optional[list[str]], "KEY=VALUE target option (repeatable)", "target_options",

@@ -16,9 +16,15 @@ from search.budget import Budgets
 from search.evaluator import CandidateEvaluator, EvaluatorSettings, Subject
 from search.registry import TuneSettings
 from stages.export import ExportSettings
+from stages.load.models import ModelRequest
 from stages.prune.apply import PruneSettings
-from stages.recover.distill import DistillSettings
+from stages.recover.distill import DistillSettings, loss_for
 from targets.base import MeasureSettings
+
+
+def model_request(cfg: RunConfig) -> ModelRequest:
+    """What loads the run's model (the load stage and every ``pipeline worker``)."""
+    return ModelRequest(cfg.model, cfg.arch, cfg.input_shape, cfg.trust_checkpoint, cfg.task, cfg.output)
 
 
 def export_settings(cfg: RunConfig) -> ExportSettings:
@@ -33,10 +39,14 @@ def measure_settings(cfg: RunConfig, candidate: bool = False) -> MeasureSettings
     return MeasureSettings(m.threads, m.batch, m.warmup_s, duration, m.min_iters)
 
 
-def distill_settings(cfg: RunConfig, steps: int) -> DistillSettings:
+def distill_settings(cfg: RunConfig, steps: int, metric: str | None = None) -> DistillSettings:
+    """Recovery of ``steps`` steps; the loss fits the run's ``metric`` (:func:`stages.recover.distill.loss_for`)."""
+    from stages.evaluate import EVALUATORS
+
     r = cfg.recovery
+    task = EVALUATORS.get(metric).loss if metric else "classes"
     return DistillSettings(steps=steps, batch_size=r.batch_size, lr=r.lr, temperature=r.temperature,
-                           alpha=r.alpha, seed=cfg.seed)
+                           alpha=r.alpha, seed=cfg.seed, loss=loss_for(metric), optimizer=r.optimizer, task=task)
 
 
 def prune_settings(cfg: RunConfig, criterion: str | None = None) -> PruneSettings:
@@ -67,18 +77,18 @@ def tune_settings(cfg: RunConfig, run_dir: Path) -> TuneSettings:
         study=t.study or f"edge-{Path(run_dir).resolve().name}")
 
 
-def evaluator_settings(cfg: RunConfig) -> EvaluatorSettings:
+def evaluator_settings(cfg: RunConfig, metric: str | None = None) -> EvaluatorSettings:
     """How the search makes and measures candidates: candidate measurement, the short recovery of
     ``recovery.tune_steps`` (none with ``recovery.method: none``), prune and export settings."""
     r, p = cfg.recovery, cfg.prune
     return EvaluatorSettings(prune=prune_settings(cfg), round_to=p.round_to, ignore=p.ignore, max_ratio=p.max_ratio,
                              measure=measure_settings(cfg, candidate=True), rounds=cfg.measure.candidate_rounds,
                              export=export_settings(cfg),
-                             distill=distill_settings(cfg, r.tune_steps if r.method != "none" else 0))
+                             distill=distill_settings(cfg, r.tune_steps if r.method != "none" else 0, metric))
 
 
 def build_evaluator(cfg: RunConfig, subject: Subject, target: Any, *, workdir: Path, baseline_onnx: Path,
                     baseline_latency_ms: float) -> CandidateEvaluator:
     """The run's candidate evaluator: the tune stage and ``pipeline worker`` both build it here."""
-    return CandidateEvaluator(subject, target, evaluator_settings(cfg), workdir=Path(workdir),
+    return CandidateEvaluator(subject, target, evaluator_settings(cfg, subject.data.metric), workdir=Path(workdir),
                               baseline_onnx=Path(baseline_onnx), baseline_latency_ms=baseline_latency_ms)

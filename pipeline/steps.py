@@ -19,10 +19,9 @@ from pipeline.runner import RunState, Stage, load_pruned, read_json, save_pruned
 from pipeline.settings import distill_settings, export_settings, measure_settings
 from search import SEARCHES, SearchContext
 from search.evaluator import Subject
-from stages.evaluate import EVALUATORS, TorchRunner, evaluate
+from stages.evaluate import EVALUATORS, TorchRunner, evaluate, format_score
 from stages.export import check_parity, export_onnx
 from stages.load.inputs import load_inputs as _load_inputs
-from stages.load.models import ModelRequest
 from stages.model.blocks import drop_blocks
 from stages.model.cost import macs_params
 from stages.model.graph import PruneGraph
@@ -49,8 +48,9 @@ def _parity_inputs(state: RunState) -> torch.Tensor:
 def load_inputs(cfg) -> tuple:
     """The model and data of ``cfg`` (:func:`stages.load.inputs.load_inputs`), within ``load_timeout_s``;
     the data's metric must be a registered evaluator (``stages.evaluate.EVALUATORS``)."""
-    req = ModelRequest(cfg.model, cfg.arch, cfg.input_shape, cfg.trust_checkpoint)
-    lm, data = within(cfg.load_timeout_s, "loading the model and data", lambda: _load_inputs(req, cfg.data, cfg.seed),
+    req = settings.model_request(cfg)
+    lm, data = within(cfg.load_timeout_s, "loading the model and data",
+                      lambda: _load_inputs(req, cfg.data, cfg.seed, cfg.metric),
                       hint="a python: factory or data function may hang: check it, or raise load_timeout_s")
     EVALUATORS.get(data.metric)
     return lm, data
@@ -110,7 +110,8 @@ def s_baseline(state: RunState) -> dict:
     state.baseline = {"record": rec, "calib_accuracy": calib_acc, "parity": parity, "export": exp}
     write_json(state, "baseline.json", state.baseline)
     return {"latency_ms": rec["latency_ms"]["median"], "accuracy": test_acc, "calib_accuracy": calib_acc,
-            "_summary": f"{rec['latency_ms']['median']:.3f} ms, {data.metric} {test_acc:.2f}% (test, through ORT)"}
+            "_summary": f"{rec['latency_ms']['median']:.3f} ms, {data.metric} "
+                        f"{format_score(data.metric, test_acc, data.test)} (test, through the engine)"}
 
 
 def r_baseline(state: RunState) -> None:
@@ -127,6 +128,7 @@ def s_score(state: RunState) -> dict:
     model = copy.deepcopy(_base(state)).eval()
     graph = _graph(state, model)
     ctx = ScoreContext(model=model, graph=graph, calib=state.data.calib, seed=state.cfg.seed,
+                       loss=EVALUATORS.get(state.data.metric).loss,
                        options={**state.cfg.criterion_options,  # blocks are scored already: channels only
                                 **({"blocks": False} if depth and "blocks" in crit.params else {})})
     result = crit.result(ctx)
@@ -282,7 +284,8 @@ def s_prune(state: RunState) -> dict:
     extra = f"; {100 * sparsity['sparsity']:.1f}% weight sparsity ({sparsity['pattern']})" if sparsity else ""
     return {"macs": macs, "params": params, "bn_recalibrated": state.cfg.prune.recalibrate_bn,
             "calib_accuracy_oneshot": acc, "sparsity": sparsity,
-            "_summary": f"{params / 1e6:.2f} M params, {macs / 1e6:.1f} MMACs; one-shot calib acc {acc:.2f}%{extra}"}
+            "_summary": f"{params / 1e6:.2f} M params, {macs / 1e6:.1f} MMACs; one-shot calib {state.data.metric} "
+                        f"{format_score(state.data.metric, acc, state.data.calib)}{extra}"}
 
 
 def _sparsify(state: RunState, pruned) -> dict:
@@ -329,13 +332,14 @@ def s_recover(state: RunState) -> dict:
                     reapply_masks(student, masks)
                 tick(step, loss)
 
-            rec = distill(student, state.loaded.module, state.data.train, distill_settings(state.cfg, r.steps),
+            rec = distill(student, state.loaded.module, state.data.train, distill_settings(state.cfg, r.steps, state.data.metric),
                           state.data.labeled, on_step=on_step)
     state.pruned = student
     save_pruned(out, student, state.plan, state.loaded.spec)
     acc = evaluate(state.data.metric, TorchRunner(student), state.data.calib)
     soft = f" ({r.soft_steps} with soft masks)" if r.soft_steps else ""
-    return {**rec, "calib_accuracy": acc, "_summary": f"{r.steps} steps KD{soft}; calib acc {acc:.2f}%"}
+    return {**rec, "calib_accuracy": acc, "_summary": f"{r.steps} steps KD{soft}; calib {state.data.metric} "
+                                                      f"{format_score(state.data.metric, acc, state.data.calib)}"}
 
 
 def _saved_masks(state: RunState) -> dict | None:
@@ -352,7 +356,7 @@ def _soft_recover(state: RunState):
     with state.ui.progress("soft masks + distill", r.steps) as tick:
         return soft_prune(state.loaded.module, state.plan, _example(state), state.data.train, state.data.calib,
                           SoftSettings(r.soft_steps, r.soft_beta, r.soft_eta, r.soft_rescore),
-                          distill_settings(state.cfg, r.steps), state.data.labeled, on_step=tick)
+                          distill_settings(state.cfg, r.steps, state.data.metric), state.data.labeled, on_step=tick)
 
 
 def r_recover(state: RunState) -> None:
@@ -409,7 +413,7 @@ def s_measure(state: RunState) -> dict:
     write_json(state, "final.json", state.final)
     return {"speedup": sp, "accuracy": accs[1],
             "_summary": f"{base['latency_ms']['median']:.3f} -> {final['latency_ms']['median']:.3f} ms "
-                        f"({sp:.2f}x), {data.metric} {accs[0]:.2f} -> {accs[1]:.2f}%"}
+                        f"({sp:.2f}x), {data.metric} {accs[0]:.2f} -> {format_score(data.metric, accs[1], data.test)}"}
 
 
 def r_measure(state: RunState) -> None:

@@ -90,12 +90,11 @@ def evaluator_from_study(attrs: Mapping, workdir: Path, *, device: str | None = 
 
     import torch
 
-    from pipeline.settings import build_evaluator, export_settings
+    from pipeline.settings import build_evaluator, export_settings, model_request
     from search.evaluator import Subject
     from stages.evaluate import TorchRunner, evaluate
     from stages.export import export_onnx
     from stages.load.inputs import load_inputs
-    from stages.load.models import ModelRequest
     from stages.model.blocks import drop_blocks
     from stages.model.graph import PruneGraph
     from targets import get_target
@@ -108,8 +107,7 @@ def evaluator_from_study(attrs: Mapping, workdir: Path, *, device: str | None = 
     cfg = study_config(run, trust=trust, device=device)
     options = {**cfg.target_options, **({"device": cfg.device} if cfg.device else {})}
     target = get_target(cfg.target, options)
-    lm, data = load_inputs(ModelRequest(cfg.model, cfg.arch, cfg.input_shape, cfg.trust_checkpoint), cfg.data,
-                           cfg.seed)
+    lm, data = load_inputs(model_request(cfg), cfg.data, cfg.seed, cfg.metric)
     if model_fingerprint(lm.module) != run["model_sha256"]:
         raise ConfigError(f"this machine's '{cfg.model}' is not the run's model (weights fingerprint differs)",
                           hint="give workers the same checkpoint (file: spec) and the same torch version")

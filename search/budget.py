@@ -125,6 +125,7 @@ class Observed:
     speedup: float | None
     accuracy: float | None = None
     metric: str = "accuracy"
+    unit: str = "%"  # the metric's unit (stages.evaluate); the floor is in it
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,10 @@ def verdict(budgets: Budgets, m: Observed, *, baseline_ms: float | None = None) 
     if not budgets.accuracy_met(m.accuracy):
         assert budgets.baseline_accuracy is not None and m.accuracy is not None
         drop = budgets.baseline_accuracy - m.accuracy
-        v.append(f"{m.metric} drop {drop:.2f} pts > allowed {budgets.max_accuracy_drop:.2f} pts "
-                 f"({budgets.baseline_accuracy:.2f}% -> {m.accuracy:.2f}%)")
+        if m.unit == "%":
+            v.append(f"{m.metric} drop {drop:.2f} pts > allowed {budgets.max_accuracy_drop:.2f} pts "
+                     f"({budgets.baseline_accuracy:.2f}% -> {m.accuracy:.2f}%)")
+        else:
+            v.append(f"{m.metric} drop {drop:.2f} > allowed {budgets.max_accuracy_drop:.2f} "
+                     f"({budgets.baseline_accuracy:.2f} -> {m.accuracy:.2f}, in {m.unit})")
     return Verdict(not v, v)

@@ -197,15 +197,14 @@ def uniform_widths(groups: Sequence[_Group], fams: Mapping[str, Sequence[str]], 
     channels, ``keep_count(width, ratio, round_to)`` (the plans' own rounding), so a plan made
     with :func:`uniform_keep_ratios` has these widths.
     """
-    from stages.prune.plan import keep_count
+    from stages.prune.plan import kept_width
 
-    width = {g.id: g.width for g in groups}
+    by_id = {g.id: g for g in groups}
     out: dict[str, int] = {}
     for name, gids in fams.items():
         r = float(family_ratios.get(name, 1.0))
         for gid in gids:
-            w = width[gid]
-            out[gid] = w if r >= 1.0 else keep_count(w, r, round_to)
+            out[gid] = kept_width(by_id[gid], r, round_to)
     return out
 
 

@@ -5,28 +5,42 @@ this module gives what the engine computes, run through the engine's own runner,
 is the one that ships. The report's record ``M`` is :class:`core.records.Measurement`.
 
 Evaluators live in :data:`EVALUATORS`, like criteria: each declares whether it needs real labels,
-its unit and whether higher is better. A data source names its evaluator (``DataBundle.metric``):
+its unit and whether higher is better; ``--max-accuracy-drop`` is read in that unit.
 
-- ``top1``: top-1 accuracy (%) of the argmax of the first output against the data's labels;
-- ``fidelity``: the same computation against the *unpruned model's* own predictions (data
-  without labels, ``--data random``): top-1 agreement with the unpruned model.
+- ``top1``: top-1 accuracy (%) of the argmax of the output against the data's labels;
+- ``agreement`` (alias ``fidelity``): the same against the *unpruned model's* argmax (data without
+  labels): top-1 agreement with the unpruned model, in %;
+- ``cosine``: mean cosine similarity (x 100) of the output to the unpruned model's, along the last
+  axis (sentence embeddings; token states are averaged over positions), label-free;
+- ``output-error``: 100 x (1 - relative L2 error) of the output against the unpruned model's over
+  the split, label-free, for any model: the fallback when nothing else fits;
+- ``perplexity``: causal LMs on a token split (``x[:, 0]`` ids, ``x[:, 1]`` mask): the score is
+  ``100 - relative perplexity increase in %`` against the unpruned model's perplexity on the same
+  split (100 = unchanged; a drop of 10 points = 10% more perplexity), so the floor
+  ``--max-accuracy-drop D`` is exactly "perplexity may rise by at most D %" and every search keeps
+  reading "higher is better". :func:`perplexity_of` turns a score back into the perplexity.
 
-Adding an evaluator is one :func:`register` call here (or in a module that imports this one) and
-its test.
+A label-free evaluator declares ``reference``: how the unpruned model's output on a batch becomes
+the per-sample "label" it compares against (:func:`stages.load.data.with_model_labels` stores
+it). Adding an evaluator is one :func:`register` call here (or in a module that imports this one)
+and its test.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from core.registry import Registry
 
 EvalFn = Callable[..., float]  # (runner, data: Dataset, batch_size) -> score
+Reference = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (unpruned output, packed x) -> per-sample ref
 
 
 @dataclass(frozen=True)
@@ -36,10 +50,13 @@ class Evaluator:
     Attributes:
         name: The metric's name (``DataBundle.metric``, report.json's ``accuracy_metric``).
         fn: ``fn(runner, data, batch_size) -> score``.
-        needs_labels: Ground-truth labels (else the unpruned model's predictions stand in).
+        needs_labels: Ground-truth labels (else ``reference`` makes them from the unpruned model).
         unit: What the score is in; ``--max-accuracy-drop`` is read in this unit.
         higher_is_better: The direction of the score.
         summary: One line for listings.
+        reference: For label-free evaluators: the unpruned model's batch output -> per-sample labels.
+        loss: The kind of task loss gradient criteria differentiate for this metric
+            (:mod:`stages.model.losses`: classes, next-token, features).
     """
 
     name: str
@@ -48,6 +65,8 @@ class Evaluator:
     unit: str
     higher_is_better: bool
     summary: str
+    reference: Reference | None = None
+    loss: str = "classes"
 
     def __call__(self, runner, data: Dataset, batch_size: int = 64) -> float:
         return self.fn(runner, data, batch_size)
@@ -56,33 +75,141 @@ class Evaluator:
 EVALUATORS: Registry[Evaluator] = Registry("evaluator")
 
 
-def register(name: str, *, needs_labels: bool, unit: str, higher_is_better: bool, summary: str
+def register(name: str, *, needs_labels: bool, unit: str, higher_is_better: bool, summary: str,
+             reference: Reference | None = None, aliases: tuple[str, ...] = (), loss: str = "classes"
              ) -> Callable[[EvalFn], EvalFn]:
     """Decorator: register ``fn(runner, data, batch_size) -> score`` as evaluator ``name``."""
 
     def deco(fn: EvalFn) -> EvalFn:
-        EVALUATORS.add(name, Evaluator(name, fn, needs_labels, unit, higher_is_better, summary))
+        EVALUATORS.add(name, Evaluator(name, fn, needs_labels, unit, higher_is_better, summary, reference, loss),
+                       aliases=aliases)
         return fn
 
     return deco
 
 
-@register("top1", needs_labels=True, unit="%", higher_is_better=True,
-          summary="top-1 accuracy of the first output's argmax against the labels")
-def evaluate_top1(runner, data: Dataset, batch_size: int = 64) -> float:
-    """Top-1 (in %) of ``runner.run(x)`` logits against the labels of ``data``."""
+def _batches(data: Dataset, batch_size: int):
+    return DataLoader(data, batch_size=batch_size, shuffle=False)
+
+
+def _argmax_agreement(runner, data: Dataset, batch_size: int = 64) -> float:
     correct = total = 0
-    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
-        logits = runner.run(x.numpy())
-        pred = np.asarray(logits).reshape(len(x), -1).argmax(1)
-        correct += int((pred == y.numpy()).sum())
-        total += len(x)
+    for x, y in _batches(data, batch_size):
+        out = np.asarray(runner.run(x.numpy()))
+        pred = out.reshape(len(x), -1).argmax(1) if out.ndim <= 2 else out.argmax(-1)
+        yy = y.numpy().reshape(pred.shape)
+        correct += int((pred == yy).sum())
+        total += int(pred.size)
     return 100.0 * correct / max(total, 1)
 
 
-EVALUATORS.add("fidelity", Evaluator(
-    "fidelity", evaluate_top1, needs_labels=False, unit="%", higher_is_better=True,
-    summary="top-1 agreement with the unpruned model's predictions (labels are the unpruned model's)"))
+@register("top1", needs_labels=True, unit="%", higher_is_better=True,
+          summary="top-1 accuracy of the output's argmax against the labels")
+def evaluate_top1(runner, data: Dataset, batch_size: int = 64) -> float:
+    """Top-1 (in %) of ``runner.run(x)`` logits against the labels of ``data``."""
+    return _argmax_agreement(runner, data, batch_size)
+
+
+def _argmax_reference(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return out.reshape(len(out), -1).argmax(1) if out.dim() <= 2 else out.argmax(-1)
+
+
+register("agreement", needs_labels=False, unit="%", higher_is_better=True, aliases=("fidelity",),
+         reference=_argmax_reference,
+         summary="top-1 agreement with the unpruned model's argmax (label-free)")(_argmax_agreement)
+
+
+def _output_reference(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return out.detach().float()
+
+
+@register("cosine", needs_labels=False, unit="cosine x 100", higher_is_better=True, reference=_output_reference,
+          loss="features",
+          summary="mean cosine similarity (x100) of the output to the unpruned model's, along the last axis")
+def evaluate_cosine(runner, data: Dataset, batch_size: int = 64) -> float:
+    total, n = 0.0, 0
+    for x, y in _batches(data, batch_size):
+        out = torch.from_numpy(np.asarray(runner.run(x.numpy()), dtype=np.float64))
+        cos = F.cosine_similarity(out.reshape(-1, out.shape[-1]), y.double().reshape(-1, out.shape[-1]), dim=1)
+        total += float(cos.sum())
+        n += cos.numel()
+    return 100.0 * total / max(n, 1)
+
+
+@register("output-error", needs_labels=False, unit="100 x (1 - relative L2 error)", higher_is_better=True,
+          reference=_output_reference, loss="features",
+          summary="100 x (1 - relative L2 error) of the output against the unpruned model's (any model)")
+def evaluate_output_error(runner, data: Dataset, batch_size: int = 64) -> float:
+    err = ref = 0.0
+    for x, y in _batches(data, batch_size):
+        out = np.asarray(runner.run(x.numpy()), dtype=np.float64).reshape(len(x), -1)
+        yy = y.double().numpy().reshape(len(x), -1)
+        err += float(((out - yy) ** 2).sum())
+        ref += float((yy ** 2).sum())
+    return 100.0 * (1.0 - math.sqrt(err / ref)) if ref > 0 else (100.0 if err == 0 else 0.0)
+
+
+def _nll_tokens(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per sample: [summed next-token NLL, number of predicted tokens] (ids ``x[:, 0]``, mask ``x[:, 1]``)."""
+    ids = x[:, 0].long()
+    mask = x[:, 1].float() if x.shape[1] > 1 else torch.ones_like(ids, dtype=torch.float32)
+    logp = F.log_softmax(logits[:, :-1].double(), dim=-1)
+    nll = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    m = mask[:, 1:].double() * mask[:, :-1].double()
+    return torch.stack([(nll * m).sum(1), m.sum(1)], dim=1)
+
+
+@register("perplexity", needs_labels=False, unit="100 - perplexity increase in %", higher_is_better=True,
+          reference=_nll_tokens, loss="next-token",
+          summary="causal LMs: 100 - % perplexity increase over the unpruned model on the same split")
+def evaluate_perplexity(runner, data: Dataset, batch_size: int = 16) -> float:
+    ppl, ref = _perplexities(runner, data, batch_size)
+    return 100.0 - 100.0 * (ppl / ref - 1.0)
+
+
+def _perplexities(runner, data: Dataset, batch_size: int) -> tuple[float, float]:
+    nll = tokens = ref_nll = ref_tokens = 0.0
+    for x, y in _batches(data, batch_size):
+        logits = torch.from_numpy(np.asarray(runner.run(x.numpy())))
+        got = _nll_tokens(logits, x)
+        nll += float(got[:, 0].sum())
+        tokens += float(got[:, 1].sum())
+        ref_nll += float(y[:, 0].sum())
+        ref_tokens += float(y[:, 1].sum())
+    return math.exp(nll / max(tokens, 1.0)), math.exp(ref_nll / max(ref_tokens, 1.0))
+
+
+def reference_perplexity(data: Dataset) -> float:
+    """The unpruned model's perplexity on a split labelled by :func:`stages.load.data.with_model_labels`."""
+    ys = torch.stack([data[i][1] for i in range(len(data))])
+    return math.exp(float(ys[:, 0].sum()) / max(float(ys[:, 1].sum()), 1.0))
+
+
+def perplexity_of(score: float, data: Dataset) -> float:
+    """The perplexity a ``perplexity`` score stands for on ``data`` (its reference known from the labels)."""
+    return reference_perplexity(data) * (1.0 + (100.0 - score) / 100.0)
+
+
+def format_score(metric: str, value: float | None, data: Dataset | None = None) -> str:
+    """A score as the console and report.md print it, in its unit: ``99.78%`` for % metrics, ``93.20
+    (cosine x 100)`` otherwise; a perplexity score also as the perplexity change (and, given the labelled
+    ``data`` it was measured on, the perplexity itself): ``-7.91 (ppl 83.61, +107.9%)``."""
+    if value is None:
+        return "n/a"
+    ev = EVALUATORS.get(metric) if metric in EVALUATORS else None
+    if ev is None or ev.unit == "%":
+        return f"{value:.2f}%"
+    if ev.name == "perplexity":
+        ppl = f"ppl {perplexity_of(value, data):.2f}, " if data is not None else "ppl "
+        return f"{value:.2f} ({ppl}{round(100.0 - value, 1) + 0.0:+.1f}%)"  # + 0.0: no "-0.0%"
+    return f"{value:.2f} ({ev.unit})"
+
+
+def metric_info(metric: str) -> dict:
+    """report.json's ``metric`` section: what the accuracy numbers and ``--max-accuracy-drop`` are in."""
+    ev = EVALUATORS.get(metric)
+    return {"name": ev.name, "unit": ev.unit, "higher_is_better": ev.higher_is_better,
+            "needs_labels": ev.needs_labels, "summary": ev.summary}
 
 
 def evaluate(metric: str, runner, data: Dataset, batch_size: int = 64) -> float:

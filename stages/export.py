@@ -1,6 +1,10 @@
 """Stage ``export``: PyTorch -> one ONNX file, checked, cleaned, and gated on parity.
 
-1. ``torch.onnx.export`` with a pinned opset and a dynamic batch axis, into a single file.
+1. ``torch.onnx.export`` with a pinned opset and a dynamic batch axis, into a single file. A model
+   with a declared contract (:class:`stages.model.contract.ContractModel`: token models, ``hf:``)
+   is exported with its own named inputs (``input_ids``, ``attention_mask``), their named dynamic
+   axes (``sequence``) and its chosen output under its name (``sentence_embedding``, ``logits``):
+   the ONNX a user's runtime code feeds directly; the pipeline's packing never shows.
 2. ``onnx.checker`` (full check, with shape inference).
 3. onnx-graphsurgeon sanitize: fold constants, cleanup, toposort, shape inference, repeated
    until the node count stops shrinking (the loop of TensorRT's efficientdet sample).
@@ -31,6 +35,7 @@ from torch import nn
 from core.errors import StageError
 from core.io import file_mode
 from core.parity import Tolerance, compare_outputs
+from stages.model.contract import ContractModel, ExportView, ModelIO
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -47,13 +52,15 @@ class ExportSettings:
 def export_onnx(model: nn.Module, sample_shape: tuple[int, ...], path: Path, settings: ExportSettings) -> dict:
     """Export, check and sanitize ``model`` into ``path`` (written atomically). Returns a record."""
     model = model.eval()
-    x = torch.zeros((1, *sample_shape))
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)  # a leftover is found
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _torch_export(model, x, tmp, settings)
+        if isinstance(model, ContractModel):
+            _contract_export(model, tmp, settings)
+        else:
+            _torch_export(model, torch.zeros((1, *sample_shape)), tmp, settings)
         nodes_before = len(onnx.load(str(tmp)).graph.node)
         graph = sanitize(onnx.load(str(tmp)))
         try:
@@ -72,20 +79,36 @@ def export_onnx(model: nn.Module, sample_shape: tuple[int, ...], path: Path, set
 
 
 def _torch_export(model: nn.Module, x: torch.Tensor, path: Path, s: ExportSettings) -> None:
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    _export(model, (x,), path, s, [INPUT_NAME], [OUTPUT_NAME], axes)
+
+
+def _contract_export(model: ContractModel, path: Path, s: ExportSettings) -> None:
+    """A contracted model through :class:`ExportView`: its named inputs, named axes and output name."""
+    io: ModelIO = model.io
+    args = io.example(2)
+    with torch.no_grad():
+        rank = model.call(dict(zip(io.names, args))).dim()
+    _export(ExportView(model).eval(), args, path, s, io.names, [io.output.name], io.dynamic_axes(rank))
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, s: ExportSettings, inputs: list[str],
+            outputs: list[str], axes: dict[str, dict[int, str]]) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if s.exporter == "dynamo":
-                batch = torch.export.Dim("batch", min=1, max=4096)
-                arg = next(iter(_forward_arg_names(model)), "x")
-                torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=s.opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_shapes={arg: {0: batch}}, external_data=False, verbose=False)
+                dims: dict[str, torch.export.Dim] = {}
+                shapes = [{k: dims.setdefault(v, torch.export.Dim(v, min=1, max=4096)) for k, v in axes[n].items()}
+                          for n in inputs]
+                params = _forward_arg_names(module)
+                dynamic = ({params[0]: tuple(shapes)} if params and params[0] == "inputs" and len(params) == 1
+                           else dict(zip(params, shapes)))
+                torch.onnx.export(module, args, str(path), dynamo=True, opset_version=s.opset, input_names=inputs,
+                                  output_names=outputs, dynamic_shapes=dynamic, external_data=False, verbose=False)
             else:
-                torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=s.opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                                  do_constant_folding=True)
+                torch.onnx.export(module, args, str(path), dynamo=False, opset_version=s.opset, input_names=inputs,
+                                  output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
     except Exception as e:  # noqa: BLE001 - exporter failures come in many types
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         other = "dynamo" if s.exporter == "legacy" else "legacy"

@@ -1,4 +1,4 @@
-"""Data specs: ``digits``, ``imagefolder:PATH``, ``random``, ``python:module:fn``.
+"""Data specs: ``digits``, ``imagefolder:PATH``, ``random``, ``text:FILE``, ``tokens:random``, ``python:module:fn``.
 
 Every source yields a :class:`DataBundle` with three fixed splits:
 
@@ -6,9 +6,20 @@ Every source yields a :class:`DataBundle` with three fixed splits:
 - ``calib``: BN re-estimation, scoring, the parity gate and the tuner's accuracy decisions;
 - ``test``: the final, reported accuracy (evaluated through the built engine).
 
-Samples are ``(x, y)`` pairs. ``y`` is a class index; for unlabeled data (``random``) the
-labels are filled with the unpruned model's predictions, so "accuracy" becomes *fidelity*
-(top-1 agreement with the unpruned model).
+Samples are ``(x, y)`` pairs, ``x`` the model's packed sample (:mod:`stages.model.contract`).
+``y`` is a class index; for unlabeled data (``random``, ``text:``, ``tokens:random``) the labels
+are made from the unpruned model by the run's label-free evaluator
+(:func:`with_model_labels`: its argmax for ``agreement``, its output for ``cosine`` /
+``output-error``, its per-sample NLL for ``perplexity``).
+
+Token sources (models whose inputs are ``input_ids`` / ``attention_mask``, length ``L``):
+
+- ``text:FILE``: one sample a line (blank lines and ``#`` comments skipped), tokenised by the
+  model's tokenizer; the lines are split 60/20/20 by a fixed permutation (seed 0). For a causal LM
+  each split's token stream is cut into windows of ``L`` tokens (perplexity on contiguous text);
+  for other models every line is one sample, padded or truncated to ``L`` (attention mask 0 on
+  the padding).
+- ``tokens:random``: uniform random token ids (mask all ones) for latency-only runs.
 """
 
 from __future__ import annotations
@@ -41,26 +52,55 @@ class DataBundle:
     labeled: bool = True
 
 
-DataFactory = Callable[[str, tuple[int, ...] | None], DataBundle]
+@dataclass(frozen=True)
+class DataRequest:
+    """What a data source may need to know about the model.
+
+    Attributes:
+        input_shape: The model's packed sample shape, when known.
+        tokens: The model takes token inputs (``input_ids`` / ``attention_mask``).
+        tokenizer: The model's tokenizer (``text:``), when it has one.
+        vocab_size: Token ids are drawn below this (``tokens:random``).
+        causal: A causal LM (``text:`` cuts windows instead of one line a sample).
+    """
+
+    input_shape: tuple[int, ...] | None = None
+    tokens: bool = False
+    tokenizer: object | None = None
+    vocab_size: int | None = None
+    causal: bool = False
+
+
+DataFactory = Callable[[str, DataRequest], DataBundle]
 DATA_SOURCES: Registry[DataFactory] = Registry("data source")
 
 
-def load_data(spec: str, input_shape: tuple[int, ...] | None) -> DataBundle:
+def load_data(spec: str, req: DataRequest | tuple[int, ...] | None) -> DataBundle:
     """Resolve a data spec.
 
     Args:
-        spec: ``digits``, ``imagefolder:PATH``, ``random`` or ``python:module:fn``.
-        input_shape: The model's expected sample shape (C, H, W), when known.
+        spec: ``digits``, ``imagefolder:PATH``, ``random``, ``text:FILE``, ``tokens:random`` or ``python:module:fn``.
+        req: What the model needs (a bare sample shape reads as an image model's).
     """
+    if not isinstance(req, DataRequest):
+        req = DataRequest(tuple(req) if req is not None else None)
     kind, _, arg = spec.partition(":")
-    return DATA_SOURCES.get(kind)(arg, input_shape)
+    source = DATA_SOURCES.get(kind)
+    if req.tokens and kind in ("digits", "random", "imagefolder"):
+        raise SpecError(f"data '{spec}' gives images, but the model takes token inputs (input_ids, attention_mask)",
+                        hint="use --data text:FILE (one sample a line) or --data tokens:random (latency only)")
+    if not req.tokens and kind in ("text", "tokens"):
+        raise SpecError(f"data '{spec}' gives tokens, but the model takes one float tensor",
+                        hint="use token data with a token model (hf:... --task feature-extraction | causal-lm)")
+    return source(arg, req)
 
 
 @DATA_SOURCES.register("digits")
-def _digits(arg: str, input_shape: tuple[int, ...] | None) -> DataBundle:
+def _digits(arg: str, req: DataRequest) -> DataBundle:
     """scikit-learn's bundled 8x8 digits (1797 images), upsampled to 32x32, one channel."""
     from sklearn.datasets import load_digits
 
+    input_shape = req.input_shape
     if input_shape is not None and tuple(input_shape) != (1, DIGITS_SIZE, DIGITS_SIZE):
         raise SpecError(
             f"data 'digits' gives 1x{DIGITS_SIZE}x{DIGITS_SIZE} images but the model expects {_fmt(input_shape)}",
@@ -84,8 +124,9 @@ def _digits(arg: str, input_shape: tuple[int, ...] | None) -> DataBundle:
 
 
 @DATA_SOURCES.register("random")
-def _random(arg: str, input_shape: tuple[int, ...] | None) -> DataBundle:
+def _random(arg: str, req: DataRequest) -> DataBundle:
     """Gaussian inputs for latency-only runs; labels come from the unpruned model later."""
+    input_shape = req.input_shape
     if input_shape is None:
         raise SpecError("data 'random' needs the model's input shape",
                         hint="pass --input-shape 3,224,224 (C,H,W)")
@@ -99,10 +140,11 @@ def _random(arg: str, input_shape: tuple[int, ...] | None) -> DataBundle:
 
 
 @DATA_SOURCES.register("imagefolder")
-def _imagefolder(arg: str, input_shape: tuple[int, ...] | None) -> DataBundle:
+def _imagefolder(arg: str, req: DataRequest) -> DataBundle:
     """A torchvision ImageFolder (one sub-folder per class), split 60/20/20 by a fixed permutation."""
     from torchvision import datasets, transforms
 
+    input_shape = req.input_shape
     root = Path(arg).expanduser()
     if not root.is_dir():
         raise SpecError(f"imagefolder path not found: {root}", hint="give a folder with one sub-folder per class")
@@ -128,8 +170,9 @@ def _imagefolder(arg: str, input_shape: tuple[int, ...] | None) -> DataBundle:
 
 
 @DATA_SOURCES.register("python")
-def _python(arg: str, input_shape: tuple[int, ...] | None) -> DataBundle:
+def _python(arg: str, req: DataRequest) -> DataBundle:
     """``python:module:fn``; fn(input_shape) returns a DataBundle or a dict with train/calib/test datasets."""
+    input_shape = req.input_shape
     fn = import_callable(arg, "data")
     out = fn(input_shape) if _takes_arg(fn) else fn()
     if isinstance(out, DataBundle):
@@ -142,16 +185,96 @@ def _python(arg: str, input_shape: tuple[int, ...] | None) -> DataBundle:
                     hint="return a DataBundle or a dict with 'train', 'calib' and 'test' datasets of (x, y)")
 
 
-def with_model_labels(bundle: DataBundle, model: torch.nn.Module) -> DataBundle:
-    """Replace labels by the unpruned model's top-1 predictions (fidelity metric)."""
+@DATA_SOURCES.register("text")
+def _text(arg: str, req: DataRequest) -> DataBundle:
+    """``text:FILE``: one sample a line, tokenised by the model's tokenizer (see the module doc)."""
+    path = Path(arg).expanduser()
+    if not path.is_file():
+        raise SpecError(f"text file not found: {path}", hint="give a UTF-8 file with one sample a line")
+    if req.tokenizer is None:
+        raise SpecError(f"data 'text:{arg}' needs the model's tokenizer, and the model has none",
+                        hint="put the tokenizer files in the hf: folder (tokenizer.save_pretrained), or use "
+                             "--data tokens:random for a latency-only run")
+    try:
+        lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"text file {path} is not readable UTF-8: {e}", hint="save it as UTF-8 text") from None
+    lines = [s for s in lines if s and not s.startswith("#")]
+    if len(lines) < 10:
+        raise SpecError(f"text file {path} has {len(lines)} samples", hint="give at least 10 non-empty lines")
+    seq = int((req.input_shape or (2, 128))[-1])
+    perm = torch.randperm(len(lines), generator=torch.Generator().manual_seed(0)).tolist()
+    a, b = int(0.6 * len(lines)), int(0.8 * len(lines))
+    parts = [[lines[i] for i in perm[:a]], [lines[i] for i in perm[a:b]], [lines[i] for i in perm[b:]]]
+    make = _windows if req.causal else _padded
+    train, calib, test = (make(req.tokenizer, p, seq) for p in parts)
+    return DataBundle(f"text:{path.name}", train, calib, test, (2, seq), metric="agreement", labeled=False)
+
+
+def _unlabeled(ids: torch.Tensor, mask: torch.Tensor) -> TensorDataset:
+    x = torch.stack([ids.long(), mask.long()], dim=1)
+    return TensorDataset(x, torch.full((len(x),), -1, dtype=torch.long))
+
+
+def _padded(tokenizer, lines: list[str], seq: int) -> TensorDataset:
+    """One line a sample, padded / truncated to ``seq`` tokens."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    enc = tokenizer(lines, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
+    return _unlabeled(enc["input_ids"], enc["attention_mask"])
+
+
+def _windows(tokenizer, lines: list[str], seq: int) -> TensorDataset:
+    """The lines' token stream (each line then the end-of-sequence token) cut into windows of ``seq``; a
+    split shorter than one window is one sample, padded and masked."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    stream: list[int] = []
+    for line in lines:
+        stream += tokenizer(line, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+    n = len(stream) // seq
+    if n == 0:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+        ids = torch.tensor([stream + [pad] * (seq - len(stream))])
+        mask = torch.tensor([[1] * len(stream) + [0] * (seq - len(stream))])
+        return _unlabeled(ids, mask)
+    ids = torch.tensor(stream[:n * seq]).view(n, seq)
+    return _unlabeled(ids, torch.ones_like(ids))
+
+
+@DATA_SOURCES.register("tokens")
+def _tokens(arg: str, req: DataRequest) -> DataBundle:
+    """``tokens:random``: uniform token ids below the vocabulary size, mask all ones (latency-only runs)."""
+    if arg != "random":
+        raise SpecError(f"unknown token data 'tokens:{arg}'", hint="use tokens:random, or text:FILE")
+    vocab = int(req.vocab_size or 1000)
+    seq = int((req.input_shape or (2, 128))[-1])
+    g = torch.Generator().manual_seed(1234)
+
+    def split(n: int) -> TensorDataset:
+        ids = torch.randint(0, vocab, (n, seq), generator=g)
+        return _unlabeled(ids, torch.ones_like(ids))
+
+    return DataBundle("tokens:random", split(128), split(64), split(128), (2, seq), metric="agreement", labeled=False)
+
+
+def with_model_labels(bundle: DataBundle, model: torch.nn.Module, metric: str = "agreement") -> DataBundle:
+    """Replace labels by the unpruned model's reference for the label-free evaluator ``metric``
+    (``stages.evaluate``: its argmax, its output, its per-sample NLL)."""
+    from stages.evaluate import EVALUATORS
+
+    ev = EVALUATORS.get(metric)
+    if ev.reference is None:
+        raise SpecError(f"evaluator '{ev.name}' needs labels, and data '{bundle.name}' has none",
+                        hint="use a label-free metric (agreement, cosine, output-error, perplexity) or labelled data")
+
     def relabel(ds: Dataset) -> TensorDataset:
         xs = torch.stack([ds[i][0] for i in range(len(ds))])
         with torch.no_grad():
-            ys = torch.cat([model(xs[i:i + 64]).argmax(1) for i in range(0, len(xs), 64)])
+            ys = torch.cat([ev.reference(model(xs[i:i + 64]), xs[i:i + 64]) for i in range(0, len(xs), 64)])
         return TensorDataset(xs, ys)
 
     return replace(bundle, train=relabel(bundle.train), calib=relabel(bundle.calib), test=relabel(bundle.test),
-                   metric="fidelity", labeled=False)
+                   metric=ev.name, labeled=False)
 
 
 def import_callable(arg: str, what: str) -> Callable:

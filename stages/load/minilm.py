@@ -31,7 +31,7 @@ longest, and the padding tokens' activations would enter every per-feature stati
 Heads and FFN (:func:`stages.prune.plan.heads_ffn_plan`): criteria score the channels of each group. A head is the
 contiguous block of ``head_size`` channels of its q/k/v group, so a head's score is the **sum** of
 its channels' scores; the plan keeps the best whole heads of every layer (and the best FFN
-channels), and :func:`stages.model.graph.sync_attention_heads` updates the attention
+channels), and :mod:`stages.model.attention` syncs the attention
 modules after pruning. Why the sum: the channel forms of the criteria are additive estimates of
 the error of removing channels (Wanda/STADE sum over the weights a channel feeds), so the sum is
 the estimate for removing the head; heads have equal sizes, so the sum ranks exactly like

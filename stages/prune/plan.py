@@ -131,23 +131,47 @@ def keep_count(width: int, keep_ratio: float, round_to: int | None) -> int:
     return max(min(width, round_to), min(width, n))
 
 
+def kept_width(g: GroupInfo, keep_ratio: float, round_to: int | None) -> int:
+    """Channels a group keeps at ``keep_ratio``: :func:`keep_count` of its channels, or of its heads
+    (whole heads, at least one, no ``round_to``) for an attention group."""
+    heads = getattr(g, "heads", 0)
+    if keep_ratio >= 1.0:
+        return g.width
+    if heads:
+        return keep_count(heads, keep_ratio, None) * (g.width // heads)
+    return keep_count(g.width, keep_ratio, round_to)
+
+
+def top_channels(g: GroupInfo, scores: torch.Tensor, n: int) -> tuple[int, ...]:
+    """The ``n`` best channels of a group (ties to the lower index); for an attention group the channels
+    of its ``n / (width / heads)`` best heads, a head scored by the sum of its channels' scores."""
+    s = torch.nan_to_num(scores.double(), nan=-math.inf)
+    if not getattr(g, "heads", 0):
+        order = sorted(range(g.width), key=lambda i: (-float(s[i]), i))
+        return tuple(sorted(order[:n]))
+    per_head = torch.zeros(g.heads, dtype=torch.float64)
+    for c in range(g.width):
+        per_head[g.head_of(c)] += s[c]
+    order = sorted(range(g.heads), key=lambda h: (-float(per_head[h]), h))
+    kept = set(order[:n // (g.width // g.heads)])
+    return tuple(c for c in range(g.width) if g.head_of(c) in kept)
+
+
 def make_plan(groups: list[GroupInfo], scores: Mapping[str, torch.Tensor], keep_ratios: Mapping[str, float],
               round_to: int | None, ignore: tuple[str, ...] = (), meta: Mapping[str, object] | None = None) -> PruningPlan:
-    """Keep the top-scoring channels of each group according to its keep ratio.
+    """Keep the top-scoring channels (attention groups: whole heads) of each group according to its keep
+    ratio (:func:`kept_width`, :func:`top_channels`).
 
     Ties are broken by channel index, so the plan is deterministic.
     """
     out = []
     for g in groups:
-        ratio = float(keep_ratios.get(g.id, 1.0))
-        n = keep_count(g.width, ratio, round_to) if ratio < 1.0 else g.width
+        n = kept_width(g, float(keep_ratios.get(g.id, 1.0)), round_to)
         s = scores.get(g.id)
         if s is None or len(s) != g.width:
             raise StageError(f"criterion gave no scores of length {g.width} for group '{g.id}'",
                              hint="the criterion does not support this layer type; try --criterion magnitude-l2")
-        s = torch.nan_to_num(s.float(), nan=-math.inf)
-        order = sorted(range(g.width), key=lambda i: (-float(s[i]), i))
-        out.append(GroupPlan(g.id, g.width, tuple(sorted(order[:n]))))
+        out.append(GroupPlan(g.id, g.width, top_channels(g, s.float(), n)))
     return PruningPlan(tuple(out), ignore, dict(meta or {}))
 
 

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from core.errors import ConfigError, StageError
 from stages.model.graph import PruneGraph
 from stages.prune.plan import PruningPlan, apply_plan
-from stages.recover.distill import DistillSettings, distill, kd_batch_loss, materialise
+from stages.recover.distill import DistillSettings, distill, kd_batch_loss, make_optimizer, materialise
 
 EXACT_ATOL = 1e-4  # masked model at step K vs. hard-pruned model: max |diff| <= EXACT_ATOL * max(1, max |out|)
 
@@ -124,12 +124,12 @@ class ChannelMasks:
 
 
 def flow_pressure(model: nn.Module, graph: PruneGraph, masks: ChannelMasks, batches: list, beta: float,
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """``β · S̃`` per group channel: the gradient-flow saliency summed over each channel's
-    parameters, divided by the mean ``|S|`` over the removed channels."""
+                  task: str = "classes") -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """``β · S̃`` per group channel: the gradient-flow saliency (of the task loss of kind ``task``) summed over
+    each channel's parameters, divided by the mean ``|S|`` over the removed channels."""
     from stages.score.gradflow import parameter_saliency
 
-    saliency, passes = parameter_saliency(model, batches)
+    saliency, passes = parameter_saliency(model, batches, task)
     group = graph.group_sum(saliency)
     removed = [group[g][masks.removed[g].cpu()].abs() for g in masks.values]
     scale = float(torch.cat(removed).mean()) if removed else 0.0
@@ -212,20 +212,19 @@ def _soft_phase(student: nn.Module, teacher: nn.Module, graph: PruneGraph, masks
     gen = torch.Generator().manual_seed(settings.seed)
     xs, ys = materialise(train)
     sched = dataclasses.replace(settings, schedule_start=0, schedule_steps=total)
-    opt = torch.optim.SGD(student.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
-                          weight_decay=settings.weight_decay)
+    opt, base_lr = make_optimizer(student, settings)
     t, alpha = settings.temperature, settings.alpha if labeled else 1.0
     device = next(student.parameters()).device
     losses: list[float] = []
     mask_max: list[float] = []
     passes = {"forward": 0, "backward": 0}
     with masks.attached():
-        pressure, p = flow_pressure(student, graph, masks, score_data, soft.beta)
+        pressure, p = flow_pressure(student, graph, masks, score_data, soft.beta, settings.task)
         passes = {k: passes[k] + p[k] for k in passes}
         for step in range(k_steps):
             for pg in opt.param_groups:
-                pg["lr"] = sched.lr_at(step)
-            loss = kd_batch_loss(student, teacher, xs, ys, settings.batch_size, gen, t, alpha, device)
+                pg["lr"] = sched.lr_at(step, base_lr)
+            loss = kd_batch_loss(student, teacher, xs, ys, settings.batch_size, gen, t, alpha, device, loss=settings.loss)
             opt.zero_grad(set_to_none=True)
             masks.zero_grad()
             loss.backward()
@@ -236,7 +235,7 @@ def _soft_phase(student: nn.Module, teacher: nn.Module, graph: PruneGraph, masks
             if on_step is not None:
                 on_step(step + 1, losses[-1])
             if soft.rescore_every and (step + 1) % soft.rescore_every == 0 and step + 1 < k_steps:
-                pressure, p = flow_pressure(student, graph, masks, score_data, soft.beta)
+                pressure, p = flow_pressure(student, graph, masks, score_data, soft.beta, settings.task)
                 passes = {k: passes[k] + p[k] for k in passes}
         student.eval()
         with torch.no_grad():

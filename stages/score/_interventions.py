@@ -176,9 +176,13 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def stack_batches(batches: Iterable[tuple], prep: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ``(x, y)`` calibration batches as one input tensor (through ``prep``) and one label vector."""
+    """All ``(x, y)`` calibration batches as one input tensor (through ``prep``) and one label vector; labels that
+    are not class indices (the unpruned model's outputs, for label-free metrics) are stacked as they are."""
     xs, ys = zip(*batches)
-    return prep(torch.cat(xs)), torch.cat([torch.as_tensor(y).reshape(-1) for y in ys]).long()
+    ys = [torch.as_tensor(y) for y in ys]
+    if any(y.is_floating_point() or y.dim() > 1 for y in ys):
+        return prep(torch.cat(xs)), torch.cat(ys)
+    return prep(torch.cat(xs)), torch.cat([y.reshape(-1) for y in ys]).long()
 
 
 # ------------------------------------------------------------------ engine

@@ -42,6 +42,8 @@ def aap(ctx: ScoreContext, power: float | None = None) -> dict[str, torch.Tensor
 
     def hook(name):
         def fn(mod, inp, out):
+            if isinstance(mod, nn.Linear) and out.dim() > 2:  # [B, L, C] token features: channels last
+                out = out.movedim(-1, 1)
             a = torch.relu(out).mean(0)  # batch mean, per channel (and position)
             sums[name] = sums.get(name, 0) + a
         return fn

@@ -37,6 +37,7 @@ class Needs:
     forward: bool = False  # calibration forward passes
     labels: bool = False  # ground-truth labels (else the model's own predictions serve)
     gradients: bool = False  # backward passes
+    classes: bool = False  # class logits [N, C]: the criterion reads the probability of a class
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ScoreContext:
     batch_size: int = 64
     seed: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)  # resolved by Criterion.resolve_options
+    loss: str = "classes"  # the task loss of gradient criteria (stages.model.losses: the run's metric decides)
 
     def loader(self) -> DataLoader:
         return DataLoader(self.calib, batch_size=self.batch_size, shuffle=False)

@@ -57,7 +57,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from core.errors import ConfigError
+from core.errors import ConfigError, StageError
 from stages.score._interventions import (
     ReplicaRunner,
     channel_means,
@@ -223,7 +223,7 @@ def ranking_scores(xi: Mapping[str, torch.Tensor], order: Sequence[tuple[str, in
     return {g: s.float() for g, s in scores.items()}
 
 
-@register("cswap", needs=Needs(forward=True), granularity="channel", source=SOURCE, params=PARAMS,
+@register("cswap", needs=Needs(forward=True, classes=True), granularity="channel", source=SOURCE, params=PARAMS,
           summary="causal effect of zeroing each channel on p_y, t-tested; progressive held-out-verified removal")
 @torch.no_grad()
 def cswap(ctx: ScoreContext) -> ScoreResult:
@@ -247,6 +247,10 @@ def cswap(ctx: ScoreContext) -> ScoreResult:
         return intervened_forward(work, x, sites, ivs, o["intervention"], means, max_batch=rows, runner=runner)
 
     clean = forward(xs, [{}])[0]
+    if clean.dim() != 2 or labels.is_floating_point():
+        raise StageError(f"cswap reads the probability of a class, and this model's output has shape "
+                         f"{tuple(clean.shape[1:])} per sample, not class logits",
+                         hint="use a criterion for any output: wanda, stade, magnitude-l2, sbpf or ld-pruner")
     y = torch.where(labels >= 0, labels, clean.argmax(-1))
     m = n_score if o["samples"] == 0 else min(o["samples"], n_score)
     sx, sy = xs[:m], y[:m]

@@ -17,8 +17,10 @@ coupled residual layers), and the criterion returns ``−S_group`` because a cri
 follow "higher = kept".
 
 ``Hg`` is a Hessian-vector product by double backward: ``Hg = ∇_θ (g_b · stopgrad(g))`` summed
-over batches. The task loss is cross-entropy with the labels (the model's own prediction where
-a label is < 0); the paper's diffusion loss has no labels. g is the gradient of the mean loss
+over batches. The task loss is the run's (:mod:`stages.model.losses`): cross-entropy with the
+labels for classifiers (the model's own prediction where a label is < 0), the next-token NLL for
+causal LMs, the relative L2 to the unpruned output for embeddings; the paper's diffusion loss has
+no labels. g is the gradient of the mean loss
 over all calibration batches, so Hg is exact for that set: one gradient pass, then one pass of
 backward-with-graph plus double backward per batch (a single pass when there is one batch).
 """
@@ -28,27 +30,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core.errors import ConfigError
+from stages.model.losses import KINDS, task_loss
 from stages.score.base import Needs, ScoreContext, ScoreResult, register
 
-LOSSES = ("ce",)
+LOSSES = ("auto", "ce", *KINDS)  # auto: the run's task loss (ScoreContext.loss); ce: classes
 
 
-def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
-    """Mean cross-entropy; a sample whose label is < 0 uses the model's own prediction instead."""
-    if loss not in LOSSES:
+def model_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "classes") -> torch.Tensor:
+    """The task loss of kind ``loss`` (:mod:`stages.model.losses`; ``ce`` = classes: cross-entropy, a sample
+    whose label is < 0 using the model's own prediction instead)."""
+    if loss not in LOSSES or loss == "auto":
         raise ConfigError(f"gradient-flow loss {loss!r} is not supported", hint=f"use one of: {', '.join(LOSSES)}")
-    out = model(x)
-    y = y.to(out.device)
-    target = torch.where(y >= 0, y, out.detach().argmax(1))
-    return F.cross_entropy(out, target)
+    return task_loss("classes" if loss == "ce" else loss, model(x), x, y.to(x.device))
 
 
 def parameter_saliency(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                       loss: str = "ce") -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+                       loss: str = "classes") -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Per-parameter gradient-flow saliency ``S = −θ ⊙ (H g)`` and the passes it took.
 
     The model is run in eval mode (BatchNorm uses its running statistics) and restored to its
@@ -70,18 +70,18 @@ def parameter_saliency(model: nn.Module, batches: Iterable[tuple[torch.Tensor, t
     try:
         with torch.enable_grad():
             if len(data) == 1:  # one batch: g and Hg from the same graph
-                grads = _grads(task_loss(model, *data[0], loss), params, create_graph=True)
+                grads = _grads(model_loss(model, *data[0], loss), params, create_graph=True)
                 g = [t.detach() for t in grads]
                 hg = _grads(_dot(grads, g), params)
                 fwd, bwd = 1, 2
             else:
                 g = [torch.zeros_like(p) for p in params]
                 for x, y in data:  # pass 1: g of the mean loss
-                    for acc, t in zip(g, _grads(task_loss(model, x, y, loss), params)):
+                    for acc, t in zip(g, _grads(model_loss(model, x, y, loss), params)):
                         acc.add_(t, alpha=1.0 / len(data))
                 hg = [torch.zeros_like(p) for p in params]
                 for x, y in data:  # pass 2: Hg = mean over batches of ∇(g_b · stopgrad(g))
-                    grads = _grads(task_loss(model, x, y, loss), params, create_graph=True)
+                    grads = _grads(model_loss(model, x, y, loss), params, create_graph=True)
                     for acc, t in zip(hg, _grads(_dot(grads, g), params)):
                         acc.add_(t, alpha=1.0 / len(data))
                 fwd, bwd = 2 * len(data), 3 * len(data)
@@ -105,15 +105,17 @@ def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
                  "score reconstructed [RECON]",
           summary="-(sum over the channel's parameters of -theta*Hg): channels whose removal would raise "
                   "the gradient norm go first (Hg by double backward)",
-          params={"batches": 0, "loss": "ce"})
+          params={"batches": 0, "loss": "auto"})
 def gradient_flow(ctx: ScoreContext) -> ScoreResult:
     """Options: ``batches`` (calibration batches; 0 = the context's, 4 × 64 images in a run),
-    ``loss`` (``ce``)."""
+    ``loss`` (``auto``: the run's task loss, :mod:`stages.model.losses`; or ``ce``, ``classes``,
+    ``next-token``, ``features``)."""
     n = int(ctx.options.get("batches", 0)) or ctx.batches
     if n < 0:
         raise ConfigError(f"gradient-flow batches={n} is negative", hint="use 0 (the default) or a positive count")
     batches = (b for i, b in zip(range(n), ctx.loader()))
-    saliency, passes = parameter_saliency(ctx.model, batches, str(ctx.options.get("loss", "ce")))
+    loss = str(ctx.options.get("loss", "auto"))
+    saliency, passes = parameter_saliency(ctx.model, batches, ctx.loss if loss == "auto" else loss)
     group = ctx.graph.group_sum(saliency)
     return ScoreResult({gid: -s for gid, s in group.items()}, passes=passes,
                        meta={"sign": "score = -S_group, S = -theta*Hg summed over the channel's parameters; "

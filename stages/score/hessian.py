@@ -16,19 +16,22 @@ nothing was accumulated). The result is Torch-Pruning's formula with the mean ov
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from stages.model.losses import task_loss
 from stages.score.base import Needs, ScoreContext, ScoreResult, register
 
 CHUNK = 16  # samples per vmap call (memory: CHUNK × parameter count floats)
 
 
 def mean_squared_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                              chunk: int = CHUNK) -> dict[str, torch.Tensor]:
-    """``E_i[(∂ CE(f(x_i), y_i) / ∂θ)²]`` per parameter name, the model in eval mode.
+                              chunk: int = CHUNK, loss: str = "classes") -> dict[str, torch.Tensor]:
+    """``E_i[(∂ L(f(x_i), y_i) / ∂θ)²]`` per parameter name, the model in eval mode, ``L`` the task loss of
+    kind ``loss`` (:mod:`stages.model.losses`; cross-entropy for classes).
 
-    A label < 0 is replaced by the model's own prediction for that sample.
+    A class label < 0 is replaced by the model's own prediction for that sample. Per-sample gradients come
+    from ``vmap``; a model with data-dependent control flow (Hugging Face attention-mask checks) gets them
+    one sample at a time.
     """
     from torch.func import functional_call, grad, vmap
 
@@ -37,17 +40,27 @@ def mean_squared_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            y = torch.where(y >= 0, y, model(x).argmax(1))
+        if loss == "classes":
+            with torch.no_grad():
+                out = model(x)
+                y = torch.where(y.long().reshape(out.shape[:-1]) >= 0, y.long().reshape(out.shape[:-1]),
+                                out.argmax(-1))
 
-        def loss(p, xi, yi):
+        def sample_loss(p, xi, yi):
             out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-            return F.cross_entropy(out, yi.unsqueeze(0))
+            return task_loss(loss, out, xi.unsqueeze(0), yi.unsqueeze(0))
 
-        per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
+        per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
         acc = {n: torch.zeros_like(p) for n, p in params.items()}
         for i in range(0, len(x), chunk):
-            for n, gs in per_sample(params, x[i:i + chunk], y[i:i + chunk]).items():
+            try:
+                batch = per_sample(params, x[i:i + chunk], y[i:i + chunk])
+            except RuntimeError as e:  # data-dependent control flow in the model (HF attention masks): one by one
+                if "vmap" not in str(e):
+                    raise
+                batch = {n: torch.stack(g) for n, g in zip(params, zip(*(
+                    grad(sample_loss)(params, xi, yi).values() for xi, yi in zip(x[i:i + chunk], y[i:i + chunk]))))}
+            for n, gs in batch.items():
                 acc[n] += gs.pow(2).sum(0)
     finally:
         model.train(was_training)
@@ -71,7 +84,7 @@ def hessian(ctx: ScoreContext) -> ScoreResult:
             break
     x, y = torch.cat(xs)[:want], torch.cat(ys)[:want]
     device = next(ctx.model.parameters()).device
-    fisher = mean_squared_sample_grads(ctx.model, x.to(device), y.to(device))
+    fisher = mean_squared_sample_grads(ctx.model, x.to(device), y.to(device), loss=ctx.loss)
     named = dict(ctx.model.named_parameters())
     try:
         for n, h in fisher.items():

@@ -46,6 +46,7 @@ from torch import nn
 
 from core.errors import ConfigError, did_you_mean
 from stages.model.blocks import removable_blocks
+from stages.model.contract import ContractModel
 from stages.score.base import Needs, ScoreContext, ScoreResult, register
 
 SOURCE = "LD-Pruner, Castells et al., arXiv 2404.11936 / CVPRW'24 (methods.md §7) [RECON]"
@@ -105,12 +106,18 @@ class Latent:
             raise ConfigError(f"ld-pruner latent {name!r} is not a module of this model.{did_you_mean(name, modules)}",
                               hint="use 'output' or a name from model.named_modules()")
         self.module = modules.get(name) if name != LATENT else None
+        # token models: Z is averaged over the sequence positions (per-element moments of [L, vocab]
+        # logits for every removed channel would need gigabytes, and positions are exchangeable)
+        self.positions = isinstance(model, ContractModel) and model.io.integer
+
+    def _reduce(self, z: torch.Tensor, lead: int) -> torch.Tensor:
+        return z.mean(dim=lead) if self.positions and z.dim() > lead + 1 else z
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``Z`` for the batch ``x`` (one forward pass)."""
         if self.module is None:
-            return self._tensor(self.model(x))
-        return self._captured(lambda: self.model(x), x.shape[0])
+            return self._reduce(self._tensor(self.model(x)), 1)
+        return self._reduce(self._captured(lambda: self.model(x), x.shape[0]), 1)
 
     def during(self, run: Callable[[], torch.Tensor], replicas: int, b: int) -> torch.Tensor:
         """``[replicas, b, *latent]`` while ``run()`` computes ``replicas`` stacked copies of a batch.
@@ -119,8 +126,8 @@ class Latent:
         captured in that one forward pass (``replicas * b`` rows).
         """
         if self.module is None:
-            return self._tensor(run())
-        return self._captured(run, replicas * b).unflatten(0, (replicas, b))
+            return self._reduce(self._tensor(run()), 2)
+        return self._reduce(self._captured(run, replicas * b).unflatten(0, (replicas, b)), 2)
 
     def _captured(self, run: Callable[[], object], rows: int) -> torch.Tensor:
         """The latent module's output during ``run()``; it must run once, on ``rows`` rows."""

@@ -11,7 +11,9 @@ channels are damaged together, since they are pruned together)::
     s_g = metric(theta) - mean_{d = 1..draws} metric(theta with g damaged, draw d)
 
 ``metric`` is top-1 agreement (in %) with the labels (the unpruned model's prediction where a
-label is < 0) on the calibration batches. Damage ``noise``: ``W += N(0, (noise_scale * std(W))^2)``
+label is < 0) on the calibration batches; for outputs that are not class logits against class
+labels (sentence embeddings, token logits of an LM, whose references are the unpruned outputs) it
+is 100 x the mean cosine of the flattened output with the undamaged model's. Damage ``noise``: ``W += N(0, (noise_scale * std(W))^2)``
 for each damaged layer's weight; damage ``zero``: the same ``zero_fraction`` of the group's
 channels (drawn at random per draw) zeroed in every damaged layer, bias included. Draws use a
 generator seeded with ``ctx.seed``. ``s_g`` is floored at ``floor`` (damage can also *raise* the
@@ -128,8 +130,18 @@ def _damage(o: dict, width: int, layers: Mapping[str, nn.Module], gen: torch.Gen
     return override
 
 
+def _quality(out: torch.Tensor, ref: torch.Tensor, classes: bool) -> torch.Tensor:
+    """Per sample (last axis of the result): 100 x top-1 hit against class labels, or, for any other output
+    (embeddings, token logits), 100 x the cosine of the flattened output with the undamaged one."""
+    if classes:
+        return 100.0 * (out.argmax(-1) == ref).double()
+    flat = out.flatten(out.dim() - ref.dim() + 1).double()
+    return 100.0 * torch.nn.functional.cosine_similarity(flat, ref.flatten(1).double(), dim=-1)
+
+
 @register("sbpf", needs=Needs(forward=True), granularity="layer", source=SOURCE, params=PARAMS,
-          summary="per-group prune weights from the top-1 lost when the group's layers are damaged; magnitude within")
+          summary="per-group prune weights from the top-1 (other outputs: cosine) lost when the group's layers are "
+                  "damaged; magnitude within")
 @torch.no_grad()
 def sbpf(ctx: ScoreContext) -> ScoreResult:
     o = _options(ctx.options)
@@ -143,9 +155,10 @@ def sbpf(ctx: ScoreContext) -> ScoreResult:
     b = max(1, rows // draws)
 
     clean = torch.cat([runner.run(xs[i:i + rows], 1, (), lambda *a: None) for i in range(0, len(xs), rows)])
-    y = torch.where(labels >= 0, labels, clean.argmax(-1))
+    classes = not labels.is_floating_point() and labels.dim() == 1 and clean.dim() == 2
+    y = torch.where(labels >= 0, labels, clean.argmax(-1)) if classes else clean
     n = len(xs)
-    base = 100.0 * float((clean.argmax(-1) == y).double().mean())
+    base = _quality(clean, y, classes).sum().item() / n
     gen = torch.Generator().manual_seed(int(ctx.seed))
     sens: dict[str, float] = {}
     damaged_metric: dict[str, list[float]] = {}
@@ -154,12 +167,12 @@ def sbpf(ctx: ScoreContext) -> ScoreResult:
         if not layers:
             continue
         override = _damage(o, g.width, layers, gen)
-        correct = torch.zeros(draws, dtype=torch.long)
+        total = torch.zeros(draws, dtype=torch.float64)
         for i in range(0, n, b):
             out = runner.run(xs[i:i + b], draws, layers, override)
             out = out.unflatten(0, (draws, len(xs[i:i + b])))
-            correct += (out.argmax(-1) == y[i:i + b]).sum(1)
-        metrics = (100.0 * correct.double() / n).tolist()
+            total += _quality(out, y[i:i + b], classes).sum(-1)
+        metrics = (total / n).tolist()
         damaged_metric[g.id] = [round(v, 4) for v in metrics]
         sens[g.id] = base - sum(metrics) / draws
     floored = {gid: max(s, o["floor"]) for gid, s in sens.items()}

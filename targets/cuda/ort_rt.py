@@ -22,6 +22,7 @@ def _ort_session(path: Path, graphs: bool) -> Any:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    ort.set_default_logger_severity(3)  # graph-optimizer warnings go to the default logger
     cuda = {"device_id": "0"}
     if graphs:
         cuda["enable_cuda_graph"] = "1"

@@ -10,6 +10,8 @@ from types import TracebackType
 
 import numpy as np
 
+from targets.ort.worker import feed_of
+
 
 class OrtRunner:
     """``with OrtRunner(path, threads) as r: y = r.run(x)``; the session is created on enter.
@@ -38,6 +40,7 @@ class OrtRunner:
         so = ort.SessionOptions()
         so.graph_optimization_level = levels[self.optimization]
         so.log_severity_level = 3
+        ort.set_default_logger_severity(3)  # graph-optimizer warnings go to the default logger
         if self.threads:
             so.intra_op_num_threads = self.threads
         self._sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
@@ -50,10 +53,13 @@ class OrtRunner:
     def output_names(self) -> list[str]:
         return [o.name for o in self._sess.get_outputs()]
 
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self._sess.get_inputs()]
+
     def run_all(self, x: np.ndarray) -> list[np.ndarray]:
-        """All outputs for one input batch."""
-        name = self._sess.get_inputs()[0].name
-        return self._sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})
+        """All outputs for one (packed) input batch: several inputs take ``x[:, i]`` each."""
+        return self._sess.run(None, feed_of(self._sess.get_inputs(), x))
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The first output for one input batch."""

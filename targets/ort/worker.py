@@ -54,16 +54,39 @@ def _session(path: str, threads: int, optimization: str = "all"):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    ort.set_default_logger_severity(3)  # graph-optimizer warnings go to the default logger
     t0 = time.perf_counter()
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     return sess, time.perf_counter() - t0
 
 
-def _feed(sess, batch: int, sample_shape: list[int]):
+_NUMPY_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+                "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+
+def feed_of(inputs, x):
+    """A packed batch (``stages.model.contract``) as a session's feed: one input takes ``x``; several take
+    ``x[:, i]`` each; every array is cast to its input's type. ``inputs`` are ``session.get_inputs()``."""
     import numpy as np
 
-    x = np.random.default_rng(0).standard_normal([batch, *sample_shape]).astype(np.float32)
-    return {sess.get_inputs()[0].name: x}
+    def cast(a, inp):
+        return np.ascontiguousarray(a, dtype=_NUMPY_TYPES.get(inp.type, "float32"))
+
+    if len(inputs) == 1:
+        return {inputs[0].name: cast(x, inputs[0])}
+    return {inp.name: cast(x[:, i], inp) for i, inp in enumerate(inputs)}
+
+
+def _feed(sess, batch: int, sample_shape: list[int]):
+    """A timing batch: Gaussian floats, or ones for integer (token) inputs (every token id valid)."""
+    import numpy as np
+
+    inputs = sess.get_inputs()
+    if any(not _NUMPY_TYPES.get(i.type, "float32").startswith("float") for i in inputs):
+        x = np.ones([batch, *sample_shape], dtype=np.int64)
+    else:
+        x = np.random.default_rng(0).standard_normal([batch, *sample_shape]).astype(np.float32)
+    return feed_of(inputs, x)
 
 
 def latency(args: dict) -> dict:

@@ -142,7 +142,7 @@ def test_python_model_and_data_specs():
 def test_random_data_gives_fidelity_labels():
     lm = load_model(ModelRequest("example:digits-resnet"))
     d = with_model_labels(load_data("random", lm.input_shape), lm.module)
-    assert d.metric == "fidelity" and not d.labeled
+    assert d.metric == "agreement" and not d.labeled  # "fidelity" is its alias
     x, y = d.test.tensors
     with torch.no_grad():
         assert torch.equal(lm.module(x[:32]).argmax(1), y[:32])

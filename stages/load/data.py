@@ -48,8 +48,9 @@ class DataBundle:
     calib: Dataset
     test: Dataset
     input_shape: tuple[int, ...]  # one sample, without batch
-    metric: str = "top1"  # "top1" with real labels, "fidelity" with the unpruned model's labels
+    metric: str = "top1"  # "top1" with real labels, "agreement" with the unpruned model's labels
     labeled: bool = True
+    synthetic: bool = False  # random inputs (random, tokens:random): latency-only runs
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,8 @@ def _random(arg: str, req: DataRequest) -> DataBundle:
     def split(n: int) -> TensorDataset:
         return TensorDataset(torch.randn((n, *shape), generator=g), torch.full((n,), -1, dtype=torch.long))
 
-    return DataBundle("random", split(256), split(128), split(256), shape, metric="fidelity", labeled=False)
+    return DataBundle("random", split(256), split(128), split(256), shape, metric="agreement", labeled=False,
+                      synthetic=True)
 
 
 @DATA_SOURCES.register("imagefolder")
@@ -254,7 +256,8 @@ def _tokens(arg: str, req: DataRequest) -> DataBundle:
         ids = torch.randint(0, vocab, (n, seq), generator=g)
         return _unlabeled(ids, torch.ones_like(ids))
 
-    return DataBundle("tokens:random", split(128), split(64), split(128), (2, seq), metric="agreement", labeled=False)
+    return DataBundle("tokens:random", split(128), split(64), split(128), (2, seq), metric="agreement", labeled=False,
+                      synthetic=True)
 
 
 def with_model_labels(bundle: DataBundle, model: torch.nn.Module, metric: str = "agreement") -> DataBundle:

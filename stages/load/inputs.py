@@ -45,8 +45,8 @@ def data_request(lm: LoadedModel) -> DataRequest:
 
 def run_metric(lm: LoadedModel, data: DataBundle, metric: str | None) -> str:
     """The evaluator of the run: ``metric`` when given (checked against the data), else the data's own
-    with labels, else the model's label-free one (cosine for embeddings, perplexity for causal LMs),
-    else agreement."""
+    with labels, else the model's label-free one (cosine for embeddings, perplexity for causal LMs; on
+    random tokens a causal LM gets agreement), else agreement."""
     from stages.evaluate import EVALUATORS
 
     if metric is not None:
@@ -61,4 +61,6 @@ def run_metric(lm: LoadedModel, data: DataBundle, metric: str | None) -> str:
         return ev.name
     if data.labeled:
         return EVALUATORS.get(data.metric).name
+    if data.synthetic and lm.metric == "perplexity":
+        return "agreement"  # the perplexity of random tokens means nothing; next-token agreement still does
     return EVALUATORS.get(lm.metric or data.metric or "agreement").name

@@ -17,10 +17,11 @@ DeiT, Swin ...)        and ``proj`` + ``num_heads``          blocks of ``qkv``, 
                                                               ``num_heads`` / ``attn_dim`` synced (Torch-Pruning
                                                               1.6.1 maps fused-qkv channels to the wrong
                                                               ``proj`` columns, so it is not used here)
-LLaMA-style (HF Llama, Linear ``q_proj``/``k_proj``/``v_proj``  this module, per **key/value head**: its k and v
-Mistral, Qwen2 ...;    /``o_proj`` + ``head_dim``,            rows, the rows of the query heads that share it
-grouped-query)         ``num_key_value_groups``               and their ``o_proj`` columns; the ratio of query
-                                                              to key/value heads stays, so ``repeat_kv`` holds
+q/k/v/o projections   Linear ``q_proj``/``k_proj``/``v_proj``  this module, per **key/value head**: its k and v
+(HF Llama, Mistral,    /``o_proj`` + ``head_dim``             rows, the rows of the query heads that share it
+Qwen2 with grouped-    (``num_key_value_groups``, default 1)  and their ``o_proj`` columns; the ratio of query
+query attention; HF                                           to key/value heads stays, so ``repeat_kv`` holds
+ViT ...)
 =====================  ====================================  =================================================
 
 **Probe.** The sites that remove heads themselves (fused qkv, grouped-query) are tried before any
@@ -142,7 +143,7 @@ class FusedQkvSite(AttentionSite):
 class GroupedQuerySite(AttentionSite):
     def prune_heads(self, heads: Sequence[int]) -> bool:
         m = self.module
-        hd, g = int(m.head_dim), int(m.num_key_value_groups)
+        hd, g = int(m.head_dim), int(getattr(m, "num_key_value_groups", 1))
         q_heads = [kv * g + i for kv in heads for i in range(g)]
         tp.prune_linear_out_channels(m.k_proj, _rows(heads, hd))
         tp.prune_linear_out_channels(m.v_proj, _rows(heads, hd))
@@ -188,7 +189,7 @@ def _fused(name: str, m: nn.Module) -> AttentionSite:
 def _gqa(name: str, m: nn.Module) -> AttentionSite:
     hd = int(m.head_dim)
     kv = m.v_proj.out_features // hd
-    groups = int(m.num_key_value_groups)
+    groups = int(getattr(m, "num_key_value_groups", 1))  # 1: plain multi-head attention (HF ViT, Whisper ...)
     check_head_layout(name, {"k_proj": m.k_proj.out_features, "v_proj": m.v_proj.out_features}, kv, hd)
     check_head_layout(name, {"q_proj": m.q_proj.out_features, "o_proj input": m.o_proj.in_features}, kv * groups, hd)
     return GroupedQuerySite(name, m, _join(name, "v_proj"), kv, hd, kv * hd,
@@ -217,8 +218,7 @@ def attention_sites(model: nn.Module, skip: Sequence[str] = ()) -> list[Attentio
             out.append(_bert(name, m))
         elif _is_linear(m, "qkv", "proj") and isinstance(getattr(m, "num_heads", None), int):
             out.append(_fused(name, m))
-        elif _is_linear(m, "q_proj", "k_proj", "v_proj", "o_proj") and hasattr(m, "head_dim") \
-                and hasattr(m, "num_key_value_groups"):
+        elif _is_linear(m, "q_proj", "k_proj", "v_proj", "o_proj") and isinstance(getattr(m, "head_dim", None), int):
             out.append(_gqa(name, m))
     return out
 

@@ -127,3 +127,39 @@ def test_timm_vision_transformers_lose_whole_heads_end_to_end(cli, tmp_path, nam
     manifest = json.loads((out / "manifest.json").read_text())
     export = next(s for s in manifest["stages"] if s["name"] == "export")
     assert export["status"] == "ok"  # the exported ONNX passed the parity gate
+
+
+def test_pipeline_measure_times_a_multi_input_token_onnx(cli, tmp_path):
+    """A user's exported token model (two int64 inputs, dynamic batch and sequence) is timed as it is."""
+    import torch
+
+    from stages.export import ExportSettings, export_onnx
+    from stages.model.contract import ContractModel
+    from tests.stages.test_contract import TwoTokens, _io
+
+    model = ContractModel(TwoTokens(), _io(6, "pooled")).eval()
+    export_onnx(model, model.io.sample_shape(), tmp_path / "tok.onnx", ExportSettings())
+    torch.manual_seed(0)
+    rc, out, err = cli("measure", str(tmp_path / "tok.onnx"), "--json", "--duration", "0.2")
+    assert rc == 0, err
+    rec = json.loads(out)
+    assert rec["latency_ms"]["median"] > 0 and rec["onnx_bytes"] > 0
+
+
+def test_hf_image_classification_vit_prunes_heads(cli, tmp_path):
+    """An `hf:` ViTForImageClassification (BERT-style attention inside) through every stage, whole heads."""
+    folder = tmp_path / "vit"
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, intermediate_size=128, num_labels=5)
+    transformers.ViTForImageClassification(cfg).save_pretrained(folder)
+    out = tmp_path / "run"
+    rc, _, err = cli("run", "--config", _config(tmp_path), "--model", f"hf:{folder}", "--data", "random",
+                     "--recovery-steps", "2", "--out", out, "-q")
+    assert rc in (0, 1), err
+    rep = _report(out)
+    assert rep["metric"]["name"] == "agreement"
+    policy = json.loads((out / "policy.json").read_text())
+    heads = {gid: g for gid, g in policy["groups"].items() if gid.endswith("attention.v_proj")}
+    assert len(heads) == 2 and all(len(g["keep_idxs"]) % 16 == 0 for g in heads.values())  # heads of 16
+    dims, outputs = _onnx_io(out / "model.onnx")
+    assert dims == {"pixel_values": ["batch", 3, 32, 32]} and outputs == ["logits"]

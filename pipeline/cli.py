@@ -159,57 +159,52 @@ def targets() -> None:
 @app.command()
 def criteria(pattern: Annotated[str, typer.Argument(help="glob over names")] = "*") -> None:
     """List the scoring criteria: what each needs, its granularity and its source paper."""
-    from rich.console import Console as RC
-    from rich.table import Table
-
     from stages.score import CRITERIA
 
-    t = Table(show_edge=False)
-    for col in ("criterion", "needs", "granularity", "source", "what", "options"):
-        t.add_column(col)
+    rows = []
     for name in CRITERIA.names(pattern):
         c = CRITERIA.get(name)
         needs = ", ".join(k for k, v in (("forward", c.needs.forward), ("labels", c.needs.labels),
-                                          ("gradients", c.needs.gradients)) if v) or "weights only"
-        opts = ", ".join(f"{k}={v}" for k, v in c.params.items())
-        t.add_row(name, needs, c.granularity, c.source, c.summary, opts)
-    RC(highlight=False, width=200).print(t)
+                                          ("gradients", c.needs.gradients), ("class logits", c.needs.classes))
+                          if v) or "weights only"
+        rows.append((name, needs, c.granularity, c.source, c.summary, ", ".join(f"{k}={v}" for k, v in c.params.items())))
+    _print_table(("criterion", "needs", "granularity", "source", "what", "options"), rows)
 
 
 @app.command()
 def searches(pattern: Annotated[str, typer.Argument(help="glob over names")] = "*") -> None:
     """List the search strategies: the objectives each serves and the tune.* keys it reads."""
-    from rich.console import Console as RC
-    from rich.table import Table
-
     from search import SEARCHES
 
-    t = Table(show_edge=False)
-    for col in ("search", "objectives", "needs", "what", "tune options"):
-        t.add_column(col)
+    rows = []
     for name in SEARCHES.names(pattern):
         s = SEARCHES.get(name)
         needs = ", ".join(k for k, v in (("latency budget", s.needs_latency), ("criterion allocation (optional)",
                                                                                 s.uses_allocation)) if v)
-        t.add_row(name, ", ".join(s.objectives), needs, s.summary, ", ".join(s.options))
-    RC(highlight=False, width=200).print(t)
+        rows.append((name, ", ".join(s.objectives), needs, s.summary, ", ".join(s.options)))
+    _print_table(("search", "objectives", "needs", "what", "tune options"), rows)
 
 
 @app.command()
 def metrics(pattern: Annotated[str, typer.Argument(help="glob over names")] = "*") -> None:
     """List the evaluators (--metric): what each needs, its unit (the unit of --max-accuracy-drop) and direction."""
+    from stages.evaluate import EVALUATORS
+
+    rows = [(ev.name, "labels" if ev.needs_labels else "the unpruned model (label-free)", ev.unit,
+             "higher" if ev.higher_is_better else "lower", ev.summary)
+            for ev in map(EVALUATORS.get, EVALUATORS.names(pattern))]
+    _print_table(("metric", "needs", "unit", "better", "what"), rows)
+
+
+def _print_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     from rich.console import Console as RC
     from rich.table import Table
 
-    from stages.evaluate import EVALUATORS
-
     t = Table(show_edge=False)
-    for col in ("metric", "needs", "unit", "better", "what"):
+    for col in columns:
         t.add_column(col)
-    for name in EVALUATORS.names(pattern):
-        ev = EVALUATORS.get(name)
-        t.add_row(name, "labels" if ev.needs_labels else "the unpruned model (label-free)", ev.unit,
-                  "higher" if ev.higher_is_better else "lower", ev.summary)
+    for row in rows:
+        t.add_row(*row)
     RC(highlight=False, width=200).print(t)
 
 

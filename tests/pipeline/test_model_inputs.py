@@ -55,24 +55,13 @@ def _lines(tmp: Path) -> Path:
 
 
 _ODD_HEADS = """
-import torch
 from torch import nn
 
-
-class Attn(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.num_heads = 3
-        self.qkv = nn.Linear(20, 60)
-        self.proj = nn.Linear(20, 20)
-
-    def forward(self, x):
-        q, k, v = self.qkv(x).chunk(3, -1)
-        return self.proj(torch.softmax(q @ k.transpose(-1, -2), -1) @ v)
+from tests.stages.test_attention import OddHeads
 
 
 def build():
-    return nn.Sequential(Attn(), nn.Flatten(), nn.Linear(16 * 20, 4))
+    return nn.Sequential(OddHeads(), nn.Flatten(), nn.Linear(16 * 20, 4))
 """
 
 

@@ -1,7 +1,8 @@
 """``pipeline``: the command line. A thin shell over the library; each subcommand's docstring is its help.
 
 Exit codes (:data:`EXIT_CODES`): 0 = done, constraints met; 1 = done, constraints not met; 2 = bad
-input or failure (one line and a hint, never a traceback on the terminal); 130 = interrupted
+input or failure (one line and a hint, never a traceback on the terminal); 3 = inconclusive (the
+latency interval still straddled the budget when the measurement cap was reached); 130 = interrupted
 (Ctrl-C); 143 = terminated (SIGTERM, as CI runners send on cancel). After 130 or 143 the run folder
 is consistent and ``--resume`` continues it.
 """
@@ -18,14 +19,23 @@ import typer
 
 from core.errors import ConfigError, PipelineError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Prune a PyTorch model until a latency / memory / accuracy budget holds on the target device.")
 
-EXIT_MET, EXIT_UNMET, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_MET, EXIT_UNMET, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 EXIT_CODES = {EXIT_MET: "constraints met", EXIT_UNMET: "constraints not met (the report says which)",
-              EXIT_ERROR: "bad input or failure (one line and a hint)", EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
-              EXIT_TERMINATED: "terminated (SIGTERM)"}
+              EXIT_ERROR: "bad input or failure (one line and a hint)",
+              EXIT_INCONCLUSIVE: "inconclusive: the latency interval still straddled the budget at the measurement "
+                                 "cap (the report gives the interval and what to do)",
+              EXIT_INTERRUPTED: "interrupted (Ctrl-C)", EXIT_TERMINATED: "terminated (SIGTERM)"}
+VERDICT_EXIT = {"met": EXIT_MET, "not_met": EXIT_UNMET, "inconclusive": EXIT_INCONCLUSIVE}
+
+
+def verdict_exit(constraints: dict) -> int:
+    """The exit code of a report's verdict (a report written before verdicts had three states: by ``met``)."""
+    status = constraints.get("verdict") or ("met" if constraints.get("met") else "not_met")
+    return VERDICT_EXIT[status]
 
 
 def _version(value: bool) -> None:
@@ -64,7 +74,7 @@ def _interruptible(fn):
 
 
 def run(**opts) -> None:
-    """Prune, recover, export, build and measure; exit 0 if the constraints hold, 1 if not."""
+    """Prune, recover, export, build and measure; exit 0 if the constraints hold, 1 if not, 3 if too noisy to tell."""
     from pipeline.config import config_to_yaml, resolve_config
     from pipeline.console import Console
     from pipeline.orchestrate import plan_text, run_pipeline
@@ -89,8 +99,8 @@ def run(**opts) -> None:
         typer.echo(plan_text(cfg, out))
         raise typer.Exit(EXIT_MET)
     ui = Console(quiet=opts["quiet"])
-    met = run_pipeline(cfg, out, resume=resume, ui=ui, overwrite=opts["overwrite"])
-    raise typer.Exit(EXIT_MET if met else EXIT_UNMET)
+    constraints = run_pipeline(cfg, out, resume=resume, ui=ui, overwrite=opts["overwrite"])
+    raise typer.Exit(verdict_exit(constraints))
 
 
 def _register_run() -> None:
@@ -106,7 +116,9 @@ _register_run()
 @app.command()
 def measure(
     model: Annotated[Optional[Path], typer.Argument(help="ONNX file to measure")] = None,
-    target: Annotated[str, typer.Option(help="target name")] = "cpu",
+    target: Annotated[str, typer.Option(help="target name (see `pipeline targets`)")] = "cpu",
+    device: Annotated[Optional[str], typer.Option(help="user@host[:port] of a remote device (jetson)")] = None,
+    target_option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE target option (repeatable)")] = None,
     batch: Annotated[int, typer.Option(min=1, max=65536, help="batch size")] = 1,
     threads: Annotated[Optional[int], typer.Option(min=1, max=1024, help="runtime threads (default: physical cores)")] = None,
     duration: Annotated[float, typer.Option(min=0.01, max=3600, help="minimum timed seconds")] = 2.0,
@@ -120,7 +132,10 @@ def measure(
     if from_trtexec_log is not None:
         rec = measure_trtexec_log(from_trtexec_log, tegrastats)
     elif model is not None:
-        rec = measure_file(model, target, batch, threads, duration)
+        from pipeline.run_options import key_values
+
+        options = {**(key_values(target_option) or {}), **({"device": device} if device else {})}
+        rec = measure_file(model, target, batch, threads, duration, options)
     else:
         raise ConfigError("give an ONNX file or --from-trtexec-log FILE", hint="pipeline measure model.onnx --json")
     if as_json:
@@ -134,26 +149,22 @@ def measure(
         typer.echo(f"throughput: {rec['throughput']:.1f} /s")
     if rec.get("memory_mb") is not None:
         typer.echo(f"memory: {rec['memory_mb']:.1f} MB")
+    if rec.get("params") is not None:
+        macs = f"  MACs {rec['macs'] / 1e6:.1f} M" if rec.get("macs") is not None else ""
+        typer.echo(f"params: {rec['params'] / 1e6:.3f} M{macs}")
 
 
 @app.command()
 def targets() -> None:
     """List the targets, whether each is available here, and why not."""
-    from rich.console import Console as RC
-    from rich.markup import escape
-    from rich.table import Table
-
     from targets import TARGETS
 
-    t = Table(show_edge=False)
-    for col in ("target", "runtime", "available here", "why not", "precisions", "GPU", "remote", "options"):
-        t.add_column(col)
+    rows = []
     for name, spec in TARGETS.items():
         why = spec.unavailable_reason()
-        t.add_row(name, escape(spec.runtime), "✅ yes" if why is None else "❌ no", escape(why or ""),
-                  ",".join(spec.precisions),
-                  "yes" if spec.needs_gpu else "no", "yes" if spec.remote else "no", ",".join(sorted(spec.options)))
-    RC(highlight=False, width=200).print(t)
+        rows.append((name, "yes" if why is None else "no", spec.runtime, why or "", ",".join(spec.precisions),
+                     "yes" if spec.needs_gpu else "no", "yes" if spec.remote else "no", ", ".join(sorted(spec.options))))
+    _print_table(("target", "available here", "runtime", "why not", "precisions", "GPU", "remote", "options"), rows)
 
 
 @app.command()
@@ -197,20 +208,34 @@ def metrics(pattern: Annotated[str, typer.Argument(help="glob over names")] = "*
 
 
 def _print_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table where it fits the terminal (80 columns when not a terminal); else one block per row: the first
+    column as its title, then ``column: value`` lines wrapped to the width."""
     from rich.console import Console as RC
+    from rich.markup import escape
+    from rich.padding import Padding
     from rich.table import Table
+    from rich.text import Text
 
+    con = RC(highlight=False)
     t = Table(show_edge=False)
     for col in columns:
         t.add_column(col)
     for row in rows:
-        t.add_row(*row)
-    RC(highlight=False, width=200).print(t)
+        t.add_row(*(escape(x) for x in row))
+    natural = sum(max(len(x) for x in col) + 3 for col in zip(columns, *rows))  # unwrapped, with separators
+    if natural <= con.width:
+        con.print(t)
+        return
+    for row in rows:
+        con.print(Text(row[0], style="bold"))
+        for col, val in zip(columns[1:], row[1:]):
+            if val:
+                con.print(Padding(Text(f"{col}: {val}"), (0, 0, 0, 2)))
 
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None:
-    """Print the summary of a finished run and exit 0 / 1 by its verdict."""
+    """Print the summary of a finished run and exit by its verdict (0 met, 1 not met, 3 inconclusive)."""
     from pipeline.console import Console
     from pipeline.manifest import Manifest, StageRecord
 
@@ -222,7 +247,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> Non
     records = list(man.stages.values()) if man else [StageRecord(s["name"], s["status"], s["seconds"])
                                                       for s in rep["stages"]]
     Console().summary(rep, records)
-    raise typer.Exit(EXIT_MET if rep["constraints"]["met"] else EXIT_UNMET)
+    raise typer.Exit(verdict_exit(rep["constraints"]))
 
 
 @app.command()

@@ -32,6 +32,9 @@ class Constraints(_Frozen):
     speedup: float | None = Field(None, gt=0)
     memory_mb: float | None = Field(None, gt=0)
     max_accuracy_drop: float | None = Field(1.0, ge=0)
+    # random inputs (--data random, tokens:random) judge agreement with noise: the floor is off on them unless
+    # this is true; giving max_accuracy_drop on the command line or in your own config file sets it
+    floor_on_random_data: bool = False
 
     @model_validator(mode="after")
     def _one_latency_form(self) -> Constraints:
@@ -115,7 +118,10 @@ class MeasureConfig(_Frozen):
     warmup_s: float = Field(0.3, ge=0)
     min_duration_s: float = Field(1.0, gt=0)
     min_iters: int = Field(50, ge=1)
-    final_rounds: int = Field(5, ge=1)
+    final_rounds: int = Field(5, ge=1)  # per call of the final measurement (more calls until the verdict decides)
+    verdict_cap_s: float = Field(120.0, ge=0)  # the final measurement's time cap; undecided then: inconclusive (exit 3)
+    verdict_level: float = Field(0.95, gt=0.5, lt=1.0)  # coverage of the speedup / latency interval
+    cv_warn: float = Field(0.25, gt=0)  # warn when the final latency's CV (or the per-round ratios') is above this
     candidate_rounds: int = Field(3, ge=1)
     candidate_duration_s: float = Field(0.3, gt=0)
 
@@ -354,10 +360,21 @@ def resolve_config(config_path: Path | None, overrides: dict[str, Any],
         # a latency budget on the command line replaces the file's latency form
         data = _merge(data, {"constraints": {"latency_ms": None, "speedup": None}})
     merged = _merge(data, clean)
+    if _floor_asked(config_path, data, clean):
+        merged = _merge(merged, {"constraints": {"floor_on_random_data": True}})
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as e:
         raise _format_validation(e, _source_of(e, clean, source)) from None
+
+
+def _floor_asked(config_path: Path | None, data: dict[str, Any], given: dict[str, Any]) -> bool:
+    """Whether the user asked for the accuracy floor themselves: ``--max-accuracy-drop``, or the key in their own
+    config file (the embedded default's 1.0 does not count; a resumed run keeps what it stored)."""
+    if "max_accuracy_drop" in given.get("constraints", {}):
+        return True
+    cons = data.get("constraints")
+    return config_path is not None and isinstance(cons, dict) and cons.get("max_accuracy_drop") is not None
 
 
 def _check_file_data(data: dict[str, Any], source: str) -> None:

@@ -37,6 +37,11 @@ class Console:
         if not self.quiet:
             self.out.print(f"   [dim]{text}[/dim]")
 
+    def warn(self, text: str) -> None:
+        """A warning: printed even with ``quiet`` (a CI log must show it)."""
+        log.warning("%s", text)
+        self.out.print(f"[bold yellow]⚠ {text}[/bold yellow]")
+
     @contextmanager
     def progress(self, what: str, total: int) -> Iterator[Callable[[int, float], None]]:
         with Progress(TextColumn(f"   {what}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -93,13 +98,25 @@ class Console:
         t.add_row("params (M)", f"{b['params'] / 1e6:.3f}", f"{f['params'] / 1e6:.3f}")
         self.out.print(t)
         c = report["constraints"]
-        self.out.print(f"speedup [bold]{report['speedup']:.2f}x[/bold]  ·  {f['measured_on']}")
-        if c["met"]:
+        iv = (c.get("intervals") or {}).get("speedup")
+        band = f" ({100 * iv['level']:.0f}% interval {iv['low']:.2f}-{iv['high']:.2f}x, {iv['n']} rounds)" if iv else ""
+        self.out.print(f"speedup [bold]{report['speedup']:.2f}x[/bold]{band}  ·  {f['measured_on']}")
+        for w in c.get("warnings") or []:
+            self.warn(w)
+        status = c.get("verdict") or ("met" if c["met"] else "not_met")
+        if status == "met":
             self.out.print("[bold green]✅ constraints met[/bold green]")
-        else:
+        elif status == "not_met":
             self.out.print("[bold red]❌ constraints not met:[/bold red]")
-            for v in c["violations"]:
-                self.out.print(f"   - {v}")
+        else:
+            self.out.print("[bold yellow]❔ inconclusive (exit 3):[/bold yellow]")
+            for u in c.get("undecided") or []:
+                self.out.print(f"   - {u}")
+            self.out.print(f"   {c.get('advice') or ''}")
+        for v in c["violations"]:
+            self.out.print(f"   - {v}")
+        if status == "not_met" and c.get("advice"):
+            self.out.print(f"   next: {c['advice']}")
 
     def error(self, message: str, hint: str = "") -> None:
         err = RichConsole(stderr=True, highlight=False)

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from core.errors import ConfigError, PipelineError
+from pipeline import settings
 from pipeline.config import RunConfig
 from pipeline.preflight import check_names
 from pipeline.runner import RunState, default_run_dir, execute
@@ -39,7 +40,7 @@ def plan_text(cfg: RunConfig, out: Path | None) -> str:
     from targets import TARGETS
 
     spec = TARGETS.get(cfg.target)
-    options = {**cfg.target_options, **({"device": cfg.device} if cfg.device else {})}
+    options = settings.target_options(cfg)
     spec.check_options(options)
     why = spec.unavailable_reason(options)
     lines = [f"# run folder: {out or default_run_dir(_model_name(cfg.model))}",
@@ -52,8 +53,9 @@ def plan_text(cfg: RunConfig, out: Path | None) -> str:
     return "\n".join(lines)
 
 
-def run_pipeline(cfg: RunConfig, out: Path | None, resume: bool, ui, overwrite: bool = False) -> bool:
-    """Run every stage in a run folder this process owns; return True when the constraints are met.
+def run_pipeline(cfg: RunConfig, out: Path | None, resume: bool, ui, overwrite: bool = False) -> dict:
+    """Run every stage in a run folder this process owns; return report.json's ``constraints`` (its
+    ``verdict``: met, not_met or inconclusive).
 
     SIGTERM (a CI runner cancelling the job) is turned into :class:`core.errors.Terminated` while
     the run lasts: the current stage is recorded ``interrupted``, atomic writes leave no partial
@@ -63,7 +65,7 @@ def run_pipeline(cfg: RunConfig, out: Path | None, resume: bool, ui, overwrite: 
     from pipeline.steps import build_stages
     from targets import get_target
 
-    options = {**cfg.target_options, **({"device": cfg.device} if cfg.device else {})}
+    options = settings.target_options(cfg)
     target = get_target(cfg.target, options)  # unknown/unavailable targets and options fail before any work
     check_names(cfg)
     run_dir = Path(out) if out else default_run_dir(_model_name(cfg.model))
@@ -78,7 +80,7 @@ def run_pipeline(cfg: RunConfig, out: Path | None, resume: bool, ui, overwrite: 
             records = execute(build_stages(), state, resume)
             ui.summary(state.report, records)
             ui.note(f"report: {run_dir / 'report.md'}")
-            return bool(state.report["constraints"]["met"])
+            return state.report["constraints"]
         except PipelineError:
             raise
         except Exception as e:  # noqa: BLE001 - unexpected: the traceback into the run's log, one line on the terminal
@@ -110,11 +112,16 @@ def _terminated_on_sigterm():
         signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
 
 
-def measure_file(path: Path, target_name: str, batch: int, threads: int | None, duration: float) -> dict:
-    """Measure one ONNX file on a target; returns the measurement record."""
+def measure_file(path: Path, target_name: str, batch: int, threads: int | None, duration: float,
+                 options: dict | None = None) -> dict:
+    """Measure one ONNX file on a target (``options``: its target options, ``device`` included); returns the
+    contract's measurement record (``M`` of report.json: params and MACs counted from the ONNX graph, accuracy
+    null: ``measure`` has no data)."""
     import onnx
 
+    from core.records import Measurement
     from targets import MeasureSettings, get_target
+    from targets.onnx_facts import onnx_params_macs
 
     if not Path(path).is_file():
         raise ConfigError(f"ONNX file not found: {path}", hint="check the path")
@@ -128,10 +135,12 @@ def measure_file(path: Path, target_name: str, batch: int, threads: int | None, 
     if not inputs:
         raise ConfigError(f"{path} has no graph input: nothing to feed", hint="export the model with an input")
     sample = _sample_shape(path, inputs)
-    target = get_target(target_name)
+    target = get_target(target_name, options)
     engine = target.build(Path(path), sample, Path(path).parent)
     rec = target.measure([engine], MeasureSettings(threads=threads, batch=batch, min_duration_s=duration))[0]
-    return rec.with_extra(onnx_bytes=Path(path).stat().st_size).to_json()
+    params, macs = onnx_params_macs(Path(path), sample)
+    return Measurement.from_timing(rec, onnx_bytes=Path(path).stat().st_size, params=params, macs=macs,
+                                   accuracy=None, metric=None).to_json()
 
 
 INTEGER_TYPES = (6, 7, 9)  # onnx TensorProto INT32, INT64, BOOL

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from core.errors import ConfigError, ModelLoadError, SpecError, StageError
+from core.errors import ConfigError, SpecError, StageError
 
 LABEL_SCAN = 2048  # test samples read to find a second class (stops at the first one found)
 
@@ -24,21 +24,15 @@ LABEL_SCAN = 2048  # test samples read to find a second class (stops at the firs
 def check_names(cfg) -> None:
     """Fail before any work (and before a run folder exists) on names and paths that cannot resolve."""
     from search import SEARCHES
-    from stages.load.data import DATA_SOURCES
-    from stages.load.models import MODEL_SOURCES
+    from stages.load.checks import check_data_spec, check_model_spec
     from stages.prune.plan import PruningPlan
     from stages.score import CRITERIA
 
-    for what, spec in (("model", cfg.model), ("arch", cfg.arch), ("data", cfg.data)):
-        if not spec:
-            continue
-        kind, _, arg = str(spec).partition(":")
-        (DATA_SOURCES if what == "data" else MODEL_SOURCES).get(kind)
-        path = Path(arg).expanduser()
-        if kind == "file" and not path.is_file():  # the loaders' own words, earlier
-            raise ModelLoadError(f"model file not found: {path}", hint="check the path after file:")
-        if kind == "imagefolder" and not path.is_dir():
-            raise SpecError(f"imagefolder path not found: {path}", hint="give a folder with one sub-folder per class")
+    for spec in (cfg.model, cfg.arch):
+        if spec:
+            check_model_spec(spec)
+    if cfg.data:
+        check_data_spec(cfg.data)
     if cfg.policy:
         PruningPlan.from_file(Path(cfg.policy))
     else:

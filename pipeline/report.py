@@ -15,35 +15,94 @@ from pathlib import Path
 from typing import Any
 
 from core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from core.stats import Interval
 from pipeline.config import RunConfig
+from pipeline.settings import allowed_drop
 from pipeline.versions import versions
 from search.budget import Budgets, Observed, verdict
 from stages.evaluate import EVALUATORS, format_score, metric_info, perplexity_of
 
+INCONCLUSIVE_ADVICE = ("the machine was too noisy to decide: quiet it (no other jobs), pin the measurement to cores "
+                       "(taskset, measure.threads), or raise measure.verdict_cap_s")
+FLOOR_ADVICE = ("to keep the accuracy floor: more final recovery (--recovery-steps), a criterion that keeps more "
+                "at this cut (`pipeline criteria`; wanda, stade or sbpf), a smaller speedup, or a larger "
+                "--max-accuracy-drop")
+BUDGET_ADVICE = ("to reach the budget: let the search go further (tune.max_candidates, tune.time_limit_s, "
+                 "prune.max_ratio), or check that the target turns fewer channels into less time "
+                 "(bench/speedup_realization.py); --target-option and measure.threads change what is timed")
 
-def constraints_section(cfg: RunConfig, base: dict, final: dict, speedup: float) -> dict:
+
+def _advice(status: str, budgets: Budgets, observed: Observed) -> str | None:
+    """What to try next: for an inconclusive verdict, or for each kind of budget that was missed."""
+    if status == "inconclusive":
+        return INCONCLUSIVE_ADVICE
+    if status == "met":
+        return None
+    out = []
+    if not budgets.resources_met(observed):
+        out.append(BUDGET_ADVICE)
+    if not budgets.accuracy_met(observed.accuracy):
+        out.append(FLOOR_ADVICE)
+    return "; ".join(out) or None
+
+
+def constraints_section(cfg: RunConfig, base: dict, final: dict, speedup: float, measured: dict | None = None,
+                        synthetic: bool = False) -> dict:
     """report.json's ``constraints``: every budget checked against the final measurement by the one
-    :func:`search.budget.verdict`, with the sentence per violation.
+    :func:`search.budget.verdict`, with the sentence per violation, the verdict (``met`` / ``not_met`` /
+    ``inconclusive``), the intervals it was decided on and the noise warnings.
 
-    ``speedup`` is the median over interleaved rounds of baseline / final round medians.
+    ``speedup`` is the median over interleaved rounds of baseline / final round medians; ``measured``
+    (``final.json``) carries its interval and the final latency's (:mod:`pipeline.final_measure`).
     """
     c = cfg.constraints
-    budgets = Budgets(c.latency_ms, c.memory_mb, c.max_accuracy_drop,
+    measured = measured or {}
+    drop = allowed_drop(cfg, synthetic)
+    budgets = Budgets(c.latency_ms, c.memory_mb, drop,
                       base.get("accuracy") if final.get("accuracy") is not None else None, speedup=c.speedup)
     metric = final.get("accuracy_metric") or "accuracy"
     unit = EVALUATORS.get(metric).unit if metric in EVALUATORS else "%"
-    v = verdict(budgets, Observed(final["latency_ms"]["median"], final["memory_mb"], speedup, final.get("accuracy"),
-                                  metric, unit),
-                baseline_ms=base["latency_ms"]["median"])
+    ivs = {k: Interval(**v) for k, v in (measured.get("intervals") or {}).items()}
+    latency = ivs["latency_ms"].estimate if "latency_ms" in ivs else final["latency_ms"]["median"]
+    observed = Observed(latency, final["memory_mb"], speedup, final.get("accuracy"), metric, unit, intervals=ivs,
+                        level=cfg.measure.verdict_level)
+    v = verdict(budgets, observed, baseline_ms=base["latency_ms"]["median"])
+    warnings = noise_warnings(final, measured, cfg.measure.cv_warn)
     return {"latency_ms": c.latency_ms, "speedup": c.speedup, "memory_mb": c.memory_mb,
-            "max_accuracy_drop": c.max_accuracy_drop, "met": v.met, "violations": v.violations}
+            "max_accuracy_drop": drop, "floor": _floor_state(c, drop, synthetic), "met": v.met, "verdict": v.status,
+            "violations": v.violations, "undecided": v.undecided,
+            "advice": _advice(v.status, budgets, observed),
+            "intervals": {k: iv.to_json() for k, iv in ivs.items()},
+            "accuracy_intervals": measured.get("accuracy_intervals"), "warnings": warnings}
+
+
+def _floor_state(c, drop: float | None, synthetic: bool) -> str:
+    """Why the accuracy floor is on or off (report.json ``constraints.floor``)."""
+    if drop is not None:
+        return "on"
+    if synthetic and c.max_accuracy_drop is not None:
+        return "off: random inputs (set --max-accuracy-drop to judge agreement on them anyway)"
+    return "off"
+
+
+def noise_warnings(final: dict, measured: dict, cv_warn: float) -> list[str]:
+    """A high CV of the final latency (per call) or of the per-round ratios, every time it happens."""
+    out = []
+    cv = final["latency_ms"].get("cv") or 0.0
+    if cv > cv_warn:
+        out.append(f"the final latency's CV is {100 * cv:.1f}% (> {100 * cv_warn:.0f}%): the machine was noisy")
+    rcv = measured.get("ratio_cv") or 0.0
+    if rcv > cv_warn / 2:
+        out.append(f"the per-round speedups vary by {100 * rcv:.1f}% (CV > {100 * cv_warn / 2:.1f}%): the machine was "
+                   "noisy; the interval says how much that matters")
+    return out
 
 
 def build_report(state: Any) -> dict:
     cfg: RunConfig = state.cfg
     base, final = state.final["baseline"], state.final["final"]
     speedup = state.final.get("speedup") or base["latency_ms"]["median"] / final["latency_ms"]["median"]
-    cons = constraints_section(cfg, base, final, speedup)
+    cons = constraints_section(cfg, base, final, speedup, state.final, state.data.synthetic)
     tune = state.tune or {}
     return {
         "format": "edge-pipeline/report-v1",
@@ -62,7 +121,7 @@ def build_report(state: Any) -> dict:
         "policy": {"file": "policy.json", "groups": {g.id: {"width": g.width, "kept": len(g.keep),
                                                              "keep_ratio": round(len(g.keep) / g.width, 4)}
                                                       for g in state.plan.groups}},
-        "candidates": tune.get("candidates", []),
+        "candidates": rescaled_candidates(tune.get("candidates", []), base["latency_ms"]["median"]),
         "tune": {"stop_reason": tune.get("stop_reason"), "budgets": tune.get("budgets"),
                  "evaluations": tune.get("evaluations"),  # full-model measurements the search made
                  "uniform": tune.get("uniform"),
@@ -73,6 +132,20 @@ def build_report(state: Any) -> dict:
         "versions": versions(),
         "sparsity": sparsity_section(state),
     }
+
+
+def rescaled_candidates(cands: list[dict], baseline_ms: float) -> list[dict]:
+    """Candidates with ``latency_ms`` on the final baseline's scale (baseline median / the candidate's measured
+    speedup), so they compare with report.json's ``baseline`` and ``final``; the search-time value stays as
+    ``search_latency_ms``."""
+    out = []
+    for c in cands:
+        c = dict(c)
+        if c.get("speedup"):
+            c["search_latency_ms"] = c.get("latency_ms")
+            c["latency_ms"] = baseline_ms / c["speedup"]
+        out.append(c)
+    return out
 
 
 def metric_section(state: Any, base: dict, final: dict) -> dict | None:
@@ -219,12 +292,15 @@ def pareto_png(report: dict) -> bytes:
     ax = fig.add_subplot(1, 1, 1)
     b, f = report["baseline"], report["final"]
     base_ms = b["latency_ms"]["median"]
-    cands = [c for c in report["candidates"] if c.get("accuracy") is not None]
-    if cands:
+    numbered = [(i, c) for i, c in enumerate(report["candidates"], 1) if c.get("accuracy") is not None]
+    if numbered:
         # each candidate's in-process speedup, placed on the final measurement's scale, so that
         # machine drift between the search and the verdict does not shift the points
-        xs = [base_ms / c["speedup"] if c.get("speedup") else c["latency_ms"] for c in cands]
-        ax.scatter(xs, [c["accuracy"] for c in cands], s=28, c="#6b7fa8", label="candidates (calib split)")
+        xs = [base_ms / c["speedup"] if c.get("speedup") else c["latency_ms"] for _, c in numbered]
+        ys = [c["accuracy"] for _, c in numbered]
+        ax.scatter(xs, ys, s=28, c="#6b7fa8", label="candidates (calib split; # as in report.md)")
+        for (i, _), x, y in zip(numbered, xs, ys):  # the same number as the candidates table
+            ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color="#44557a")
     if b.get("accuracy") is not None:
         ax.scatter([b["latency_ms"]["median"]], [b["accuracy"]], marker="s", s=70, c="#222222",
                    label="baseline (test, engine)")
@@ -235,6 +311,8 @@ def pareto_png(report: dict) -> bytes:
     line = c["latency_ms"] or (base_ms / c["speedup"] if c.get("speedup") else None)
     if line:
         ax.axvline(line, ls="--", c="#999999", lw=1, label="latency budget")
+    if c.get("max_accuracy_drop") is not None and b.get("accuracy") is not None:
+        ax.axhline(b["accuracy"] - c["max_accuracy_drop"], ls=":", c="#d62728", lw=1, label="accuracy floor")
     ax.set_xlabel(f"measured median latency, ms ({report['target']}; candidates via their measured speedup)")
     ax.set_ylabel(f"{f.get('accuracy_metric') or 'accuracy'} ({(report.get('metric') or {}).get('unit', '%')})")
     ax.set_title(f"{report['model']}: accuracy vs measured latency", fontsize=10)
@@ -250,6 +328,37 @@ def _ms(m: dict) -> str:
     return f"{m['latency_ms']['median']:.3f}"
 
 
+def _verdict_line(c: dict) -> str:
+    status = c.get("verdict") or ("met" if c["met"] else "not_met")
+    if status == "met":
+        line = "**Constraints met.** Verdict: met (exit 0)."
+    elif status == "not_met":
+        line = ("**Constraints NOT met:** " + "; ".join(c["violations"]) + " (verdict: not met, exit 1)" +
+                (f"\n\nNext: {c['advice']}" if c.get("advice") else ""))
+    else:
+        line = ("**Verdict: inconclusive** (exit 3): " + "; ".join(c.get("undecided") or []) +
+                (("; also: " + "; ".join(c["violations"])) if c["violations"] else "") + f". {c.get('advice') or ''}")
+    warnings = "".join(f"\n\n> ⚠ {w}" for w in c.get("warnings") or [])
+    return line + warnings
+
+
+def _interval_lines(r: dict) -> list[str]:
+    c = r["constraints"]
+    lines = []
+    for key, what, unit in (("speedup", "speedup", "x"), ("latency_ms", "final latency (median of round medians)",
+                                                             " ms")):
+        iv = (c.get("intervals") or {}).get(key)
+        if iv:
+            lines.append(f"- {what}: {iv['estimate']:.3f}{unit}, {100 * iv['level']:.1f}% interval "
+                         f"[{iv['low']:.3f}, {iv['high']:.3f}]{unit} over {iv['n']} interleaved rounds "
+                         f"({iv['method']})")
+    acc = c.get("accuracy_intervals")
+    if acc:
+        lines.append("- accuracy on the finite test split, 95% Wilson intervals: " + "; ".join(
+            f"{k} {v['estimate']:.2f}% [{v['low']:.2f}, {v['high']:.2f}] (n={v['n']})" for k, v in acc.items()))
+    return lines
+
+
 def _metric_lines(m: dict | None) -> list[str]:
     if not m:
         return []
@@ -262,7 +371,7 @@ def _metric_lines(m: dict | None) -> list[str]:
 
 def markdown(r: dict) -> str:
     b, f, c = r["baseline"], r["final"], r["constraints"]
-    verdict_line = "**Constraints met.**" if c["met"] else "**Constraints NOT met:** " + "; ".join(c["violations"])
+    verdict_line = _verdict_line(c)
 
     def acc(m: dict) -> str:
         return format_score(m.get("accuracy_metric") or "", m.get("accuracy"))
@@ -287,7 +396,10 @@ def markdown(r: dict) -> str:
         verdict_line,
         "",
         f"- objective: `{r['objective']}`; criterion: `{r['criterion']}`; search: `{r['search']}`",
-        f"- speedup: **{r['speedup']:.2f}x** (median over interleaved rounds of baseline / final median latency)",
+        f"- speedup: **{r['speedup']:.2f}x**: the median over interleaved rounds of the per-round ratio (baseline "
+        "round median / final round median); not the ratio of the two medians in the table below, which come from "
+        "the last measuring process",
+        *_interval_lines(r),
         f"- measured on: {f['measured_on']}",
         *_metric_lines(r.get("metric")),
         "",
@@ -321,14 +433,16 @@ def markdown(r: dict) -> str:
               "![accuracy vs measured latency](pareto.png)", ""]
     if r["candidates"]:
         lines += ["Candidates were measured during the search, interleaved with the unpruned model; "
-                  "`speedup` is that in-process ratio, `latency ms` is the search-time baseline divided by it.", "",
-                  "| prune ratio | speedup | latency ms | memory MB | MMACs | calib acc one-shot | calib acc recovered | chosen |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for cd in sorted(r["candidates"], key=lambda x: x["prune_ratio"]):
+                  "`speedup` is that in-process ratio, `latency ms` is the final baseline median divided by it.", "",
+                  "`#` is the order of evaluation and the point's label in pareto.png.", "",
+                  "| # | prune ratio | speedup | latency ms | memory MB | MMACs | calib acc one-shot | calib acc recovered "
+                  "| chosen |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for i, cd in sorted(enumerate(r["candidates"], 1), key=lambda x: x[1]["prune_ratio"]):
             rec = f"{cd['accuracy']:.2f}" if cd.get("recovered") else "-"
             one = f"{cd['accuracy_oneshot']:.2f}" if cd.get("accuracy_oneshot") is not None else "-"
             spd = f"{cd['speedup']:.2f}x" if cd.get("speedup") else "-"
-            lines.append(f"| {cd['prune_ratio']:.3f} | {spd} | {cd['latency_ms']:.3f} | {cd['memory_mb']:.1f} | "
+            lines.append(f"| {i} | {cd['prune_ratio']:.3f} | {spd} | {cd['latency_ms']:.3f} | {cd['memory_mb']:.1f} | "
                          f"{cd['macs'] / 1e6:.1f} | {one} | {rec} | {'**yes**' if cd.get('accepted') else ''} |")
     cal = (r.get("tune") or {}).get("lut_calibration")
     if (r.get("plots") or {}).get("lut_calibration") and cal:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import RunConfig
+from pipeline.final_measure import FinalSettings
 from search.base import SearchLimits
 from search.budget import Budgets
 from search.evaluator import CandidateEvaluator, EvaluatorSettings, Subject
@@ -60,10 +61,32 @@ def search_limits(cfg: RunConfig) -> SearchLimits:
     return SearchLimits(cfg.prune.max_ratio, t.step, t.min_step, t.max_candidates, t.time_limit_s, t.latency_margin)
 
 
-def budgets(cfg: RunConfig, baseline_accuracy: float | None) -> Budgets:
-    """The user's budgets, each in the unit it was given (``--speedup`` stays a speedup)."""
+def target_options(cfg: RunConfig) -> dict:
+    """The target's options: ``target_options`` plus ``--device``."""
+    return {**cfg.target_options, **({"device": cfg.device} if cfg.device else {})}
+
+
+def final_settings(cfg: RunConfig) -> FinalSettings:
+    """The final measurement's rounds per call, time cap and interval coverage."""
+    m = cfg.measure
+    return FinalSettings(rounds=m.final_rounds, cap_s=m.verdict_cap_s, level=m.verdict_level)
+
+
+def budgets(cfg: RunConfig, baseline_accuracy: float | None, synthetic: bool = False) -> Budgets:
+    """The user's budgets, each in the unit it was given (``--speedup`` stays a speedup); the floor as
+    :func:`allowed_drop` says."""
     c = cfg.constraints
-    return Budgets(c.latency_ms, c.memory_mb, c.max_accuracy_drop, baseline_accuracy, speedup=c.speedup)
+    return Budgets(c.latency_ms, c.memory_mb, allowed_drop(cfg, synthetic), baseline_accuracy, speedup=c.speedup)
+
+
+def allowed_drop(cfg: RunConfig, synthetic: bool) -> float | None:
+    """The accuracy floor's allowed drop, or ``None`` (no floor): on random inputs (``synthetic`` data) the
+    floor would judge agreement on noise, so it is off unless ``constraints.floor_on_random_data`` (set by
+    giving ``--max-accuracy-drop``) or the objective is accuracy."""
+    c = cfg.constraints
+    if synthetic and not c.floor_on_random_data and cfg.objective != "accuracy":
+        return None
+    return c.max_accuracy_drop
 
 
 def tune_settings(cfg: RunConfig, run_dir: Path) -> TuneSettings:
@@ -79,12 +102,15 @@ def tune_settings(cfg: RunConfig, run_dir: Path) -> TuneSettings:
 
 def evaluator_settings(cfg: RunConfig, metric: str | None = None) -> EvaluatorSettings:
     """How the search makes and measures candidates: candidate measurement, the short recovery of
-    ``recovery.tune_steps`` (none with ``recovery.method: none``), prune and export settings."""
+    ``recovery.tune_steps`` (none with ``recovery.method: none``; never more than the final model gets,
+    ``recovery.steps``: a candidate judged after more recovery than the final model gets looks better than
+    it will be), prune and export settings."""
     r, p = cfg.recovery, cfg.prune
     return EvaluatorSettings(prune=prune_settings(cfg), round_to=p.round_to, ignore=p.ignore, max_ratio=p.max_ratio,
                              measure=measure_settings(cfg, candidate=True), rounds=cfg.measure.candidate_rounds,
                              export=export_settings(cfg),
-                             distill=distill_settings(cfg, r.tune_steps if r.method != "none" else 0, metric))
+                             distill=distill_settings(cfg, min(r.tune_steps, r.steps) if r.method != "none" else 0,
+                                                      metric))
 
 
 def build_evaluator(cfg: RunConfig, subject: Subject, target: Any, *, workdir: Path, baseline_onnx: Path,

@@ -13,6 +13,7 @@ from core.errors import ConfigError, StageError
 from core.io import atomic_torch_save, sha256_file
 from core.records import Measurement
 from pipeline import settings
+from pipeline.final_measure import measure_until_decided
 from pipeline.preflight import check_baseline, check_loaded
 from pipeline.report import build_report, write_report
 from pipeline.runner import RunState, Stage, load_pruned, read_json, save_pruned, write_json
@@ -84,9 +85,15 @@ def s_load(state: RunState) -> dict:
     check_loaded(state.cfg, lm, data)  # before the baseline: ignore names, policy fit, labels
     state.loaded, state.data = lm, data
     macs, params = macs_params(lm.module, lm.input_shape)
+    notes = list(lm.notes)
+    if data.synthetic and state.cfg.constraints.max_accuracy_drop is not None and \
+            settings.allowed_drop(state.cfg, True) is None:
+        notes.append("random inputs: the accuracy floor is off (a latency-only run); pass --max-accuracy-drop to "
+                     "judge agreement with the unpruned model anyway")
+        state.ui.note(notes[-1])
     return {"model": lm.spec, "params": params, "macs": macs, "input_shape": list(lm.input_shape),
             "data": data.name, "splits": [len(data.train), len(data.calib), len(data.test)],
-            "metric": data.metric, "notes": lm.notes,
+            "metric": data.metric, "notes": notes,
             "_summary": f"{lm.name}: {params / 1e6:.2f} M params, {macs / 1e6:.1f} MMACs; data {data.name}"}
 
 
@@ -102,7 +109,7 @@ def s_baseline(state: RunState) -> dict:
     timing = state.target.measure([engine], measure_settings(state.cfg), rounds=state.cfg.measure.final_rounds)[0]
     with state.target.runner(engine) as r:
         test_acc = evaluate(data.metric, r, data.test)
-    check_baseline(test_acc, data, state.cfg.constraints.max_accuracy_drop)
+    check_baseline(test_acc, data, settings.allowed_drop(state.cfg, data.synthetic))
     calib_acc = evaluate(data.metric, TorchRunner(lm.module), data.calib)
     macs, params = macs_params(lm.module, lm.input_shape)
     rec = Measurement.from_timing(timing, onnx_bytes=exp["onnx_bytes"], params=params, macs=macs,
@@ -198,7 +205,7 @@ def s_tune(state: RunState) -> dict:
         return _replay_policy(state, Path(cfg.policy))
     strategy = SEARCHES.get(cfg.search)
     base_ms = state.baseline["record"]["latency_ms"]["median"]
-    budgets = settings.budgets(cfg, state.baseline["calib_accuracy"])
+    budgets = settings.budgets(cfg, state.baseline["calib_accuracy"], state.data.synthetic)
     strategy.check(cfg.objective, budgets.has_latency)
     model = _base(state)  # depth-pruned when prune.depth_blocks > 0
     groups = _graph(state, copy.deepcopy(model)).groups()
@@ -391,29 +398,48 @@ def s_build(state: RunState) -> dict:
 
 
 def s_measure(state: RunState) -> dict:
-    lm, data = state.loaded, state.data
+    lm, data, cfg = state.loaded, state.data, state.cfg
     base_engine = _build_engine(state, "baseline.onnx", lm.module)
     final_engine = _build_engine(state, "model.onnx", state.pruned)
-    timings = state.target.measure([base_engine, final_engine], measure_settings(state.cfg),
-                                   rounds=state.cfg.measure.final_rounds)
+    pool = measure_until_decided(
+        lambda rounds: state.target.measure([base_engine, final_engine], measure_settings(cfg), rounds=rounds),
+        settings.budgets(cfg, None), settings.final_settings(cfg), log=state.ui.note)
     accs = []
     for eng in (base_engine, final_engine):
         with state.target.runner(eng) as r:
             accs.append(evaluate(data.metric, r, data.test))
-    bm, bp = macs_params(lm.module, lm.input_shape)
-    fm, fp = macs_params(state.pruned, lm.input_shape)
-    base = Measurement.from_timing(timings[0], onnx_bytes=(state.run_dir / "baseline.onnx").stat().st_size,
-                                   params=bp, macs=bm, accuracy=accs[0], metric=data.metric).to_json()
-    final = Measurement.from_timing(timings[1], onnx_bytes=(state.run_dir / "model.onnx").stat().st_size,
-                                    params=fp, macs=fm, accuracy=accs[1], metric=data.metric).to_json()
-    state.final = {"baseline": base, "final": final}
+    records = []
+    for i, (name, module) in enumerate((("baseline.onnx", lm.module), ("model.onnx", state.pruned))):
+        macs, params = macs_params(module, lm.input_shape)
+        rec = Measurement.from_timing(pool.records[i], onnx_bytes=(state.run_dir / name).stat().st_size,
+                                      params=params, macs=macs, accuracy=accs[i], metric=data.metric).to_json()
+        rec["memory_mb"] = pool.memory_mb(i)
+        rec["details"].update(round_medians_ms=pool.final_ms if i else pool.base_ms, rounds=len(pool.ratios),
+                              ratio_to_first=pool.speedup if i else 1.0)
+        records.append(rec)
+    ivs = pool.intervals(cfg.measure.verdict_level)
+    state.final = {"baseline": records[0], "final": records[1], "speedup": pool.speedup,
+                   "intervals": {k: iv.to_json() for k, iv in ivs.items()}, "ratio_cv": pool.ratio_cv(),
+                   "calls": pool.calls, "seconds": round(pool.seconds, 2),
+                   "accuracy_intervals": accuracy_intervals(data, accs)}
     write_json(state, "final.json", state.final)
-    sp = timings[1]["ratio_to_first"]
-    state.final["speedup"] = sp
-    write_json(state, "final.json", state.final)
-    return {"speedup": sp, "accuracy": accs[1],
-            "_summary": f"{base['latency_ms']['median']:.3f} -> {final['latency_ms']['median']:.3f} ms "
-                        f"({sp:.2f}x), {data.metric} {accs[0]:.2f} -> {format_score(data.metric, accs[1], data.test)}"}
+    sp, iv = pool.speedup, ivs["speedup"]
+    return {"speedup": sp, "accuracy": accs[1], "rounds": len(pool.ratios),
+            "_summary": f"{records[0]['latency_ms']['median']:.3f} -> {records[1]['latency_ms']['median']:.3f} ms "
+                        f"({sp:.2f}x, {100 * iv.level:.0f}% interval {iv.low:.2f}-{iv.high:.2f}x over "
+                        f"{len(pool.ratios)} rounds), {data.metric} {accs[0]:.2f} -> "
+                        f"{format_score(data.metric, accs[1], data.test)}"}
+
+
+def accuracy_intervals(data, accs: list[float]) -> dict | None:
+    """Wilson intervals of baseline and final accuracy for % metrics (a proportion of the test samples)."""
+    from core.stats import wilson_interval
+
+    ev = EVALUATORS.get(data.metric)
+    if ev.unit != "%":
+        return None
+    n = len(data.test)
+    return {k: wilson_interval(a / 100 * n, n).to_json() for k, a in (("baseline", accs[0]), ("final", accs[1]))}
 
 
 def r_measure(state: RunState) -> None:

@@ -90,7 +90,7 @@ def evaluator_from_study(attrs: Mapping, workdir: Path, *, device: str | None = 
 
     import torch
 
-    from pipeline.settings import build_evaluator, export_settings, model_request
+    from pipeline.settings import build_evaluator, export_settings, model_request, target_options
     from search.evaluator import Subject
     from stages.evaluate import TorchRunner, evaluate
     from stages.export import export_onnx
@@ -105,7 +105,7 @@ def evaluator_from_study(attrs: Mapping, workdir: Path, *, device: str | None = 
                           hint="start the search with `pipeline run --search optuna --storage URL`; it writes one")
     spec = SearchSpec.from_json(attrs.get(SEARCH_KEY))
     cfg = study_config(run, trust=trust, device=device)
-    options = {**cfg.target_options, **({"device": cfg.device} if cfg.device else {})}
+    options = target_options(cfg)
     target = get_target(cfg.target, options)
     lm, data = load_inputs(model_request(cfg), cfg.data, cfg.seed, cfg.metric)
     if model_fingerprint(lm.module) != run["model_sha256"]:

@@ -82,11 +82,29 @@ class Budgeted:
         self.evaluations = 0
 
     def exhausted(self) -> str | None:
+        """Why no further candidate may start: the candidate cap, or the time cap, reached or passed by the
+        next candidate if it takes as long as the ones so far took on average (recoveries included)."""
         if self.evaluations >= self.limits.max_candidates:
             return f"candidate cap ({self.limits.max_candidates}) reached"
-        if self.clock() - self.start >= self.limits.time_limit_s:
-            return f"time cap ({self.limits.time_limit_s:.0f}s) reached"
+        spent, cap = self.elapsed(), self.limits.time_limit_s
+        if spent >= cap:
+            return f"time cap ({cap:.0f}s) reached"
+        if self.evaluations and spent + self.per_candidate() > cap:
+            return (f"time cap ({cap:.0f}s): {spent:.0f}s spent, the next candidate would end past it "
+                    f"(~{self.per_candidate():.0f}s each)")
         return None
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def per_candidate(self) -> float:
+        """Mean seconds per evaluation so far (0 before the first)."""
+        return self.elapsed() / self.evaluations if self.evaluations else 0.0
+
+    def eta(self) -> float:
+        """Seconds left at most: the candidates left at the mean pace, bounded by the time cap."""
+        left = (self.limits.max_candidates - self.evaluations) * self.per_candidate()
+        return max(0.0, min(left, self.limits.time_limit_s - self.elapsed()))
 
     def measure(self, ratio: float) -> Candidate:
         self.evaluations += 1
@@ -132,21 +150,29 @@ def _fmt(x: float | None) -> str:
 
 
 def best_line(cands: list[Candidate], budgets: Budgets, margin: float = 0.0) -> str:
-    """The current best candidate in a few words (progress bars): the most accurate one within budget, else
-    the cheapest one."""
+    """The current best candidate in a few words (progress bars): the most accurate *feasible* one (resource
+    budgets and the accuracy floor met), else the most accurate one within the resource budgets (below the
+    floor), else the cheapest one."""
     if not cands:
         return "-"
     ok = [c for c in cands if budgets.resources_met(c, margin)]
 
-    def acc(c: Candidate) -> float:
-        a = c.accuracy if c.recovered else c.accuracy_oneshot
-        return -1.0 if a is None else float(a)
+    def acc(c: Candidate) -> float | None:
+        return c.accuracy if c.recovered else c.accuracy_oneshot
 
+    def key(c: Candidate) -> tuple:
+        a = acc(c)
+        return (-1.0 if a is None else float(a), -c.latency_ms)
+
+    feasible = [c for c in ok if budgets.accuracy_met(acc(c))]
+    if feasible:
+        c = max(feasible, key=key)
+        return f"best feasible {c.latency_ms:.3f} ms, acc {_fmt(acc(c))}"
     if ok:
-        c = max(ok, key=lambda c: (acc(c), -c.latency_ms))
-        return f"best {c.latency_ms:.3f} ms, {c.memory_mb:.1f} MB, acc {_fmt(None if acc(c) < 0 else acc(c))}"
+        c = max(ok, key=key)
+        return f"none feasible; in budget {c.latency_ms:.3f} ms, acc {_fmt(acc(c))} (below the floor)"
     c = min(cands, key=lambda c: (c.latency_ms, c.memory_mb))
-    return f"closest {c.latency_ms:.3f} ms, {c.memory_mb:.1f} MB (over budget)"
+    return f"none feasible; closest {c.latency_ms:.3f} ms (over budget)"
 
 
 def run_search(ev: Evaluator, budgets: Budgets, limits: SearchLimits,
@@ -166,7 +192,9 @@ def run_search(ev: Evaluator, budgets: Budgets, limits: SearchLimits,
 
     def tick(bb: Budgeted) -> None:
         if progress is not None:
-            progress(bb.evaluations, limits.max_candidates, best_line(bb.order, budgets, limits.latency_margin))
+            progress(bb.evaluations, limits.max_candidates,
+                     f"{best_line(bb.order, budgets, limits.latency_margin)} | {bb.elapsed():.0f}/"
+                     f"{limits.time_limit_s:.0f}s, ETA {bb.eta():.0f}s")
 
     b = Budgeted(ev, limits, say, clock, tick if progress is not None else None)
     chosen, reason = body(b)

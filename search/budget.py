@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from core.stats import LEVEL, Interval, decide
+
 ACC_EPS = 1e-9  # an accuracy drop equal to the allowed drop (up to rounding) keeps the floor
 
 
@@ -126,14 +128,26 @@ class Observed:
     accuracy: float | None = None
     metric: str = "accuracy"
     unit: str = "%"  # the metric's unit (stages.evaluate); the floor is in it
+    # confidence intervals of the final measurement (core.stats): "speedup" (of the median per-round
+    # ratio), "latency_ms" (of the final model's median round latency); absent: point estimates decide
+    intervals: Mapping[str, Interval] = field(default_factory=dict)
+    level: float = LEVEL  # the coverage an interval needs before it may decide
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether every budget holds, and a sentence per one that does not."""
+    """Whether every budget holds, and a sentence per one that does not.
+
+    ``status`` is ``met``, ``not_met`` or ``inconclusive``: a latency budget whose interval still
+    straddles it (or whose interval has not reached the required coverage) is *undecided*; the run
+    is inconclusive when something is undecided and nothing is decisively violated. ``undecided``
+    names those budgets, with their interval.
+    """
 
     met: bool
     violations: list[str] = field(default_factory=list)
+    status: str = "met"
+    undecided: list[str] = field(default_factory=list)
 
 
 def verdict(budgets: Budgets, m: Observed, *, baseline_ms: float | None = None) -> Verdict:
@@ -142,8 +156,11 @@ def verdict(budgets: Budgets, m: Observed, *, baseline_ms: float | None = None) 
     ``baseline_ms`` (the unpruned model's median) only completes the speedup sentence.
     """
     v: list[str] = []
+    undecided = _undecided_latency(budgets, m)
     slack = budgets.slack(m)
-    if budgets.speedup is not None and slack.get("latency", 0.0) > 0:
+    if undecided:
+        pass  # the interval straddles the budget: neither met nor violated
+    elif budgets.speedup is not None and slack.get("latency", 0.0) > 0:
         sp = m.speedup or 0.0
         base = f"baseline {baseline_ms:.3f} ms, " if baseline_ms is not None else ""
         v.append(f"speedup {sp:.2f}x < required {budgets.speedup:.2f}x (short by "
@@ -164,4 +181,20 @@ def verdict(budgets: Budgets, m: Observed, *, baseline_ms: float | None = None) 
         else:
             v.append(f"{m.metric} drop {drop:.2f} > allowed {budgets.max_accuracy_drop:.2f} "
                      f"({budgets.baseline_accuracy:.2f} -> {m.accuracy:.2f}, in {m.unit})")
-    return Verdict(not v, v)
+    status = "not_met" if v else ("inconclusive" if undecided else "met")
+    return Verdict(status == "met", v, status, undecided)
+
+
+def _undecided_latency(budgets: Budgets, m: Observed) -> list[str]:
+    """The latency budget, when its interval does not decide it (see :class:`Verdict`)."""
+    if budgets.speedup is not None and "speedup" in m.intervals:
+        iv, budget, at_least, what = m.intervals["speedup"], budgets.speedup, True, "speedup"
+    elif budgets.speedup is None and budgets.latency_ms is not None and "latency_ms" in m.intervals:
+        iv, budget, at_least, what = m.intervals["latency_ms"], budgets.latency_ms, False, "latency"
+    else:
+        return []
+    if iv.level >= m.level - 1e-9 and decide(iv, budget, at_least) != "undecided":
+        return []
+    unit = "x" if at_least else " ms"
+    return [f"{what} {iv.estimate:.3f}{unit}, {100 * iv.level:.1f}% interval [{iv.low:.3f}, {iv.high:.3f}]{unit} "
+            f"({iv.n} rounds) against the budget {budget:.3f}{unit}: not decided"]

@@ -46,3 +46,56 @@ def onnx_facts(path: Path) -> OnnxFacts:
     dtype = helper.tensor_dtype_to_np_dtype(first.type.tensor_type.elem_type).name
     output = m.graph.output[0].name if m.graph.output else None
     return OnnxFacts(first.name, dims, has_fp16, has_qdq, dtype, output)
+
+
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def onnx_params_macs(path: Path, sample: tuple[int, ...]) -> tuple[int, int | None]:
+    """Parameters (elements of floating-point initializers) and multiply-accumulates of one sample, counted from
+    the ONNX graph: Conv, ConvTranspose, Gemm and MatMul after shape inference with batch 1 and ``sample`` as the
+    first input's other dims (a multi-input file: every input of that shape). ``None`` MACs when the shapes
+    cannot be inferred. Elementwise ops, norms and softmax are not counted (as in the pipeline's own count)."""
+    import math
+
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+    params = sum(math.prod(t.dims) for t in m.graph.initializer if t.data_type in floats)
+    inits = {i.name for i in m.graph.initializer}
+    packed = len([i for i in m.graph.input if i.name not in inits]) > 1
+    dims = (1, *(sample[1:] if packed else sample))
+    for inp in m.graph.input:
+        if inp.name in inits:
+            continue
+        shape = inp.type.tensor_type.shape
+        if len(shape.dim) == len(dims):
+            for d, v in zip(shape.dim, dims):
+                d.ClearField("dim_param")
+                d.dim_value = int(v)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+    except Exception:  # noqa: BLE001 - onnx raises several types for graphs it cannot infer
+        return params, None
+    shapes = {vi.name: tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
+              for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    shapes.update({t.name: tuple(t.dims) for t in m.graph.initializer})
+    macs = 0
+    for node in inferred.graph.node:
+        if node.op_type not in MAC_OPS:
+            continue
+        a, b = (shapes.get(x) for x in node.input[:2])
+        out = shapes.get(node.output[0])
+        if not a or not b or not out or 0 in a + b + out:
+            return params, None
+        if node.op_type == "Conv":
+            macs += math.prod(out) * math.prod(b[1:])
+        elif node.op_type == "ConvTranspose":
+            macs += math.prod(a) * math.prod(b[1:])
+        elif node.op_type == "Gemm":
+            trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
+            macs += math.prod(out) * (a[0] if trans_a else a[-1])
+        else:
+            macs += math.prod(out) * a[-1]
+    return params, macs

@@ -77,6 +77,9 @@ def evaluate_trials(study, ev, spec: SearchSpec, *, n_trials: int | None = None,
             return done, f"{n_trials} trials evaluated by this process"
         if timeout_s is not None and clock() - start >= timeout_s:
             return done, f"time cap ({timeout_s:.0f}s) reached"
+        if timeout_s is not None and done and (clock() - start) * (done + 1) / done > timeout_s:
+            return done, (f"time cap ({timeout_s:.0f}s): the next trial would end past it "
+                          f"(~{(clock() - start) / done:.0f}s each)")
         if study.user_attrs.get(CLOSED_KEY):
             return done, "the run closed the study"
         trials = study.get_trials(deepcopy=False)

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from core.errors import SpecError
 from core.registry import Registry
+from stages.load.checks import DATA_CHECKS
 
 DIGITS_SIZE = 32
 DIGITS_SPLIT = (1000, 347, 450)  # train / calib / test of the 1797 digits, fixed permutation (seed 0)
@@ -147,9 +148,8 @@ def _imagefolder(arg: str, req: DataRequest) -> DataBundle:
     from torchvision import datasets, transforms
 
     input_shape = req.input_shape
+    DATA_CHECKS.get("imagefolder")(arg)
     root = Path(arg).expanduser()
-    if not root.is_dir():
-        raise SpecError(f"imagefolder path not found: {root}", hint="give a folder with one sub-folder per class")
     c, h, w = input_shape if input_shape is not None else (3, 224, 224)
     tf = transforms.Compose([
         transforms.Resize(int(max(h, w) * 256 / 224)),
@@ -190,9 +190,8 @@ def _python(arg: str, req: DataRequest) -> DataBundle:
 @DATA_SOURCES.register("text")
 def _text(arg: str, req: DataRequest) -> DataBundle:
     """``text:FILE``: one sample a line, tokenised by the model's tokenizer (see the module doc)."""
+    DATA_CHECKS.get("text")(arg)
     path = Path(arg).expanduser()
-    if not path.is_file():
-        raise SpecError(f"text file not found: {path}", hint="give a UTF-8 file with one sample a line")
     if req.tokenizer is None:
         raise SpecError(f"data 'text:{arg}' needs the model's tokenizer, and the model has none",
                         hint="put the tokenizer files in the hf: folder (tokenizer.save_pretrained), or use "

@@ -19,6 +19,7 @@ from torch import nn
 from core.errors import ModelLoadError, SpecError, did_you_mean
 from core.io import sha256_file
 from core.registry import Registry
+from stages.load.checks import MODEL_CHECKS
 from stages.load.cifar_resnet import CifarResNet
 from stages.load.data import import_callable
 from stages.model.contract import ContractModel, ModelIO
@@ -123,9 +124,7 @@ def example_names() -> list[str]:
 
 @MODEL_SOURCES.register("example")
 def _example(arg: str, req: ModelRequest) -> LoadedModel:
-    if arg not in EXAMPLES:
-        raise SpecError(f"unknown example model '{arg}'.{did_you_mean(arg, EXAMPLES)}",
-                        hint=f"examples: {', '.join(example_names())}")
+    MODEL_CHECKS.get("example")(arg)
     return EXAMPLES[arg](req)
 
 
@@ -156,10 +155,7 @@ EXAMPLES["digits-resnet"] = lambda req: LoadedModel("digits-resnet", "example:di
 def _torchvision(arg: str, req: ModelRequest) -> LoadedModel:
     import torchvision
 
-    names = torchvision.models.list_models()
-    if arg not in names:
-        raise SpecError(f"unknown torchvision model '{arg}'.{did_you_mean(arg, names)}",
-                        hint="see torchvision.models.list_models()")
+    MODEL_CHECKS.get("torchvision")(arg)
     model = torchvision.models.get_model(arg, weights=None)
     notes = []
     cached = _cached_torchvision_weights(arg)
@@ -271,9 +267,8 @@ def _python(arg: str, req: ModelRequest) -> LoadedModel:
 
 @MODEL_SOURCES.register("file")
 def _file(arg: str, req: ModelRequest) -> LoadedModel:
+    MODEL_CHECKS.get("file")(arg)
     path = Path(arg).expanduser()
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}", hint="check the path after file:")
     obj = _read_checkpoint(path, req.trust_checkpoint)
     if isinstance(obj, dict) and obj.get("format") == PRUNED_FORMAT:
         return _pruned_checkpoint(path, obj, req)

@@ -244,6 +244,16 @@ def test_listing_commands(cli):
     assert code == 0 and "magnitude-l2" in text and "aap" in text
     code, text, _ = cli("targets")
     assert code == 0 and "cpu" in text and "jetson" in text
+    for cmd in ("targets", "criteria", "searches", "metrics"):  # readable at 80 columns (not a terminal)
+        code, text, _ = cli(cmd)
+        assert code == 0 and max(len(ln.rstrip()) for ln in text.splitlines()) <= 80, cmd
+    code, text, _ = cli("run", "--help")
+    assert code == 0 and max(len(ln.rstrip()) for ln in text.splitlines()) <= 80
+
+
+def test_shell_completion_is_offered(cli):
+    code, text, _ = cli("--help")
+    assert code == 0 and "--install-completion" in text and "--show-completion" in text
 
 
 def test_stade_criterion_end_to_end_with_bias_compensation(cli, tmp_path):

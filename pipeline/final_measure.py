@@ -1,0 +1,111 @@
+"""The final measurement of the verdict: interleaved rounds until the interval decides, or the cap.
+
+The baseline and the final model are measured together (:mod:`targets.timing`: interleaved rounds
+in one process). **The speedup is the median over rounds of the per-round ratio** (baseline round
+median / final round median): the one definition used by the verdict, report.json's ``speedup``,
+report.md and the console. It is an estimate: its confidence interval is the order-statistic
+interval of that median (:func:`core.stats.median_interval`), and the final latency's is the
+same interval over the final model's round medians.
+
+Sequential rule: measure ``final_rounds`` rounds; while the latency budget is undecided (its
+interval straddles the budget, or has not yet reached the required coverage: 6 rounds for 95%),
+measure ``final_rounds`` more in a fresh call and pool the rounds, until it is decided or
+``verdict_cap_s`` would be exceeded. What is still undecided then makes the run **inconclusive**
+(exit 3). Each call is a fresh measuring process; ratios taken inside a round stay valid across
+calls, absolute latencies drift between them (that is why the ratio is the verdict's measure).
+
+The record of each engine is the last call's (per-call latency statistics), with the pooled round
+medians, the pooled ratio and the intervals; memory is the median over calls.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.stats import Interval, median_interval
+from search.budget import Budgets, Observed, verdict
+
+
+@dataclass(frozen=True)
+class FinalSettings:
+    """``rounds`` per call, ``cap_s`` for all calls together, ``level`` the coverage an interval needs."""
+
+    rounds: int = 5
+    cap_s: float = 120.0
+    level: float = 0.95
+
+
+@dataclass
+class Pooled:
+    """Rounds of every call: baseline and final round medians, per-round ratios, memory per call."""
+
+    records: list = field(default_factory=list)  # the last call's TimingRecords (baseline, final)
+    base_ms: list[float] = field(default_factory=list)
+    final_ms: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    memory: list[list[float]] = field(default_factory=lambda: [[], []])
+    calls: int = 0
+    seconds: float = 0.0
+
+    def add(self, records: Sequence[Any]) -> None:
+        base, final = records[0], records[1]
+        self.records = list(records)
+        self.base_ms += list(base.round_medians_ms)
+        self.final_ms += list(final.round_medians_ms)
+        self.ratios += [a / b for a, b in zip(base.round_medians_ms, final.round_medians_ms) if b > 0]
+        for i, r in enumerate((base, final)):
+            if r.memory_mb is not None:
+                self.memory[i].append(float(r.memory_mb))
+        self.calls += 1
+
+    @property
+    def speedup(self) -> float:
+        return statistics.median(self.ratios) if self.ratios else math.nan
+
+    def intervals(self, level: float) -> dict[str, Interval]:
+        return {"speedup": median_interval(self.ratios, level), "latency_ms": median_interval(self.final_ms, level)}
+
+    def ratio_cv(self) -> float:
+        """Coefficient of variation of the per-round ratios (how noisy the comparison was)."""
+        if len(self.ratios) < 2:
+            return 0.0
+        return statistics.stdev(self.ratios) / statistics.fmean(self.ratios)
+
+    def memory_mb(self, i: int) -> float | None:
+        return statistics.median(self.memory[i]) if self.memory[i] else None
+
+
+def latency_budgets(b: Budgets) -> Budgets:
+    """Only the latency part of ``b``: what more rounds can decide."""
+    return Budgets(b.latency_ms, None, None, None, speedup=b.speedup)
+
+
+def measure_until_decided(measure: Callable[[int], Sequence[Any]], budgets: Budgets, s: FinalSettings,
+                          log: Callable[[str], None] = lambda m: None,
+                          clock: Callable[[], float] = time.monotonic) -> Pooled:
+    """Call ``measure(rounds)`` (baseline and final, interleaved) until the latency budget is decided at
+    ``s.level`` or the next call would pass ``s.cap_s``; see the module doc."""
+    pool = Pooled()
+    t0 = clock()
+    lat = latency_budgets(budgets)
+    while True:
+        t_call = clock()
+        pool.add(measure(s.rounds))
+        spent = clock() - t0
+        per_call = clock() - t_call
+        obs = Observed(pool.records[1]["latency_ms"]["median"], None, pool.speedup,
+                       intervals=pool.intervals(s.level), level=s.level)
+        v = verdict(lat, obs)
+        if not v.undecided or not lat.has_latency:
+            break
+        if spent + per_call > s.cap_s:
+            log(f"verdict cap {s.cap_s:g} s reached with {len(pool.ratios)} rounds: {v.undecided[0]}")
+            break
+        log(f"{len(pool.ratios)} rounds: {v.undecided[0]}; measuring {s.rounds} more")
+    pool.seconds = clock() - t0
+    return pool

@@ -7,8 +7,10 @@ twice, interleaved, each in fresh measuring processes (the cpu target's own):
 - **point rule** (what the verdict was before: one call of ``final_rounds`` interleaved rounds, the
   median per-round ratio against the budget: met or not met);
 - **interval rule** (the pipeline's verdict now, :func:`pipeline.final_measure.measure_until_decided`:
-  the order-statistic interval of that median; more rounds until it clears the budget or the cap
-  is hit; undecided at the cap: inconclusive).
+  the order-statistic interval of the median over measuring processes of each one's median round
+  ratio; more processes until it clears the budget or the cap is hit; undecided at the cap:
+  inconclusive). ``--unit`` names what the interval's draws were in the results (the first version
+  drew rounds, kept in ``verdict_flaps_round_unit.md``).
 
 Budgets: the run's own (``--speedup`` of the run, 2.0 by default) and a *knife edge*, the
 median speedup a first calibration measured (the hardest case: the true value sits on the budget).
@@ -109,7 +111,8 @@ def main() -> None:
     run_dir = a.run_dir or default_run(ROOT / "runs" / "bench-verdict-flaps")
     cfg = run_config(run_dir)
     target = CpuTarget(dict(cfg.target_options))
-    shape = tuple(json.loads((run_dir / "baseline.json").read_text())["input_shape"])
+    load = next(s for s in json.loads((run_dir / "manifest.json").read_text())["stages"] if s["name"] == "load")
+    shape = tuple(load["metrics"]["input_shape"])
     work = run_dir / "flaps"
     work.mkdir(exist_ok=True)
     engines = [target.build(run_dir / "baseline.onnx", shape, work), target.build(run_dir / "model.onnx", shape, work)]
@@ -142,7 +145,7 @@ def main() -> None:
         for p in load:
             p.join(5)
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": cpu_name(),
-              "run_dir": str(run_dir), "load_cores": a.load_cores, "repeats": a.repeats,
+              "run_dir": str(run_dir), "load_cores": a.load_cores, "repeats": a.repeats, "unit": "calls",
               "settings": {"final_rounds": fs.rounds, "cap_s": fs.cap_s, "level": fs.level,
                            "threads": ms.threads, "duration_s": ms.min_duration_s},
               "calibration_speedups": calib, "budgets": rows}
@@ -169,8 +172,8 @@ def markdown(report: dict) -> str:
         f"`pipeline run`)",
         f"- Point rule: one call of {s['final_rounds']} interleaved rounds, median per-round ratio vs the budget. "
         f"Interval rule (the pipeline's verdict): {s['final_rounds']} rounds per call, more calls until the "
-        f"{100 * s['level']:.0f}% order-statistic interval of the median clears the budget, cap {s['cap_s']:g} s, "
-        "else inconclusive",
+        f"{100 * s['level']:.0f}% order-statistic interval of the median over **{report.get('unit', 'calls')}** "
+        f"clears the budget, cap {s['cap_s']:g} s, else inconclusive",
         "- Calibration (3 point-rule calls before the repetitions): "
         + ", ".join(f"{x:.3f}x" for x in report["calibration_speedups"]),
         "",

@@ -93,6 +93,11 @@ class RecoveryConfig(_Frozen):
     lr: float | None = Field(None, gt=0)  # None: the optimiser's default (sgd 0.01, adamw 1e-4)
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
+    # auto: KD (kl on logits, a relative feature error on embeddings); pw: the performance-weighted loss of
+    # Meyer & Wong (class logits with labels; stages/recover/distill.py)
+    loss: Literal["auto", "pw"] = "auto"
+    pw_min_weight: float = Field(0.75, ge=0, le=1)
+    pw_gamma: float = Field(5.0, ge=0)
     # gradient-flow soft pruning: over this many steps the pruned channels' masks decay to 0 while
     # the model trains, before the hard removal; 0 = hard prune first (the default)
     soft_steps: int = Field(0, ge=0)
@@ -118,7 +123,7 @@ class MeasureConfig(_Frozen):
     warmup_s: float = Field(0.3, ge=0)
     min_duration_s: float = Field(1.0, gt=0)
     min_iters: int = Field(50, ge=1)
-    final_rounds: int = Field(5, ge=1)  # per call of the final measurement (more calls until the verdict decides)
+    final_rounds: int = Field(3, ge=1)  # per call of the final measurement (more calls until the verdict decides)
     verdict_cap_s: float = Field(120.0, ge=0)  # the final measurement's time cap; undecided then: inconclusive (exit 3)
     verdict_level: float = Field(0.95, gt=0.5, lt=1.0)  # coverage of the speedup / latency interval
     cv_warn: float = Field(0.25, gt=0)  # warn when the final latency's CV (or the per-round ratios') is above this

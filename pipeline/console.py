@@ -94,12 +94,16 @@ class Console:
         t.add_row("throughput (/s)", f"{b['throughput']:.0f}", f"{f['throughput']:.0f}")
         t.add_row("memory (MB)", f"{b['memory_mb']:.1f}", f"{f['memory_mb']:.1f}")
         t.add_row(f"{f['accuracy_metric']} (test, engine)", acc(b), acc(f))
+        pc = report.get("per_class")
+        if pc:
+            t.add_row("worst class (gap to best)", *(f"{x['worst']:.1f}% ({x['gap']:.1f})"
+                                                     for x in (pc["baseline"], pc["final"])))
         t.add_row("MACs (M)", f"{b['macs'] / 1e6:.1f}", f"{f['macs'] / 1e6:.1f}")
         t.add_row("params (M)", f"{b['params'] / 1e6:.3f}", f"{f['params'] / 1e6:.3f}")
         self.out.print(t)
         c = report["constraints"]
         iv = (c.get("intervals") or {}).get("speedup")
-        band = f" ({100 * iv['level']:.0f}% interval {iv['low']:.2f}-{iv['high']:.2f}x, {iv['n']} rounds)" if iv else ""
+        band = f" ({100 * iv['level']:.0f}% interval {iv['low']:.2f}-{iv['high']:.2f}x, {iv['n']} processes)" if iv else ""
         self.out.print(f"speedup [bold]{report['speedup']:.2f}x[/bold]{band}  ·  {f['measured_on']}")
         for w in c.get("warnings") or []:
             self.warn(w)

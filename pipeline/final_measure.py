@@ -1,21 +1,28 @@
-"""The final measurement of the verdict: interleaved rounds until the interval decides, or the cap.
+"""The final measurement of the verdict: measuring processes until the interval decides, or the cap.
 
 The baseline and the final model are measured together (:mod:`targets.timing`: interleaved rounds
-in one process). **The speedup is the median over rounds of the per-round ratio** (baseline round
-median / final round median): the one definition used by the verdict, report.json's ``speedup``,
-report.md and the console. It is an estimate: its confidence interval is the order-statistic
-interval of that median (:func:`core.stats.median_interval`), and the final latency's is the
-same interval over the final model's round medians.
+in one fresh process, a *call*). Within a call, each round gives a ratio (baseline round median /
+final round median) and the call's ratio is the median of its rounds. **The speedup is the median
+over calls of the call ratio** (with one call: the median per-round ratio): the one definition used
+by the verdict, report.json's ``speedup``, report.md and the console.
 
-Sequential rule: measure ``final_rounds`` rounds; while the latency budget is undecided (its
-interval straddles the budget, or has not yet reached the required coverage: 6 rounds for 95%),
-measure ``final_rounds`` more in a fresh call and pool the rounds, until it is decided or
-``verdict_cap_s`` would be exceeded. What is still undecided then makes the run **inconclusive**
-(exit 3). Each call is a fresh measuring process; ratios taken inside a round stay valid across
-calls, absolute latencies drift between them (that is why the ratio is the verdict's measure).
+Why the call is the unit: on a loaded machine the ratio moves *between processes* far more than
+between rounds of one process (measured here with one core busy: one call's rounds all at 6.4-8.5x,
+another's at 2.3-3.7x; ``bench/results/verdict_flaps.md``). An interval over rounds treats a call's
+correlated rounds as independent and is far too narrow: it decided met in one repetition and not
+met in another for the same model. Over calls, the interval sees the process-to-process spread.
+
+Its confidence interval is the order-statistic interval of that median (:func:`core.stats.median_interval`)
+over the call ratios, and the final latency's the same interval over the calls' median final round
+latency. At 95% that needs **6 calls** at least ([min, max] of 6 covers 96.9%).
+
+Sequential rule: measure ``final_rounds`` rounds per call; while the latency budget is undecided
+(the interval straddles the budget, or has not yet reached the required coverage), make one more
+call, until it is decided or the next call would pass ``verdict_cap_s``. What is still undecided then
+makes the run **inconclusive** (exit 3).
 
 The record of each engine is the last call's (per-call latency statistics), with the pooled round
-medians, the pooled ratio and the intervals; memory is the median over calls.
+medians, the speedup and the intervals; memory is the median over calls.
 """
 
 from __future__ import annotations
@@ -47,7 +54,9 @@ class Pooled:
     records: list = field(default_factory=list)  # the last call's TimingRecords (baseline, final)
     base_ms: list[float] = field(default_factory=list)
     final_ms: list[float] = field(default_factory=list)
-    ratios: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)  # every round's
+    call_ratios: list[float] = field(default_factory=list)  # per call: the median of its rounds' ratios
+    call_final_ms: list[float] = field(default_factory=list)  # per call: the median final round latency
     memory: list[list[float]] = field(default_factory=lambda: [[], []])
     calls: int = 0
     seconds: float = 0.0
@@ -57,7 +66,11 @@ class Pooled:
         self.records = list(records)
         self.base_ms += list(base.round_medians_ms)
         self.final_ms += list(final.round_medians_ms)
-        self.ratios += [a / b for a, b in zip(base.round_medians_ms, final.round_medians_ms) if b > 0]
+        ratios = [a / b for a, b in zip(base.round_medians_ms, final.round_medians_ms) if b > 0]
+        self.ratios += ratios
+        if ratios:
+            self.call_ratios.append(statistics.median(ratios))
+            self.call_final_ms.append(statistics.median(final.round_medians_ms))
         for i, r in enumerate((base, final)):
             if r.memory_mb is not None:
                 self.memory[i].append(float(r.memory_mb))
@@ -65,10 +78,13 @@ class Pooled:
 
     @property
     def speedup(self) -> float:
-        return statistics.median(self.ratios) if self.ratios else math.nan
+        """The median over calls of the call ratio (the module doc)."""
+        return statistics.median(self.call_ratios) if self.call_ratios else math.nan
 
     def intervals(self, level: float) -> dict[str, Interval]:
-        return {"speedup": median_interval(self.ratios, level), "latency_ms": median_interval(self.final_ms, level)}
+        """Order-statistic intervals over calls: of the speedup and of the final latency."""
+        return {"speedup": median_interval(self.call_ratios, level),
+                "latency_ms": median_interval(self.call_final_ms, level)}
 
     def ratio_cv(self) -> float:
         """Coefficient of variation of the per-round ratios (how noisy the comparison was)."""
@@ -104,8 +120,8 @@ def measure_until_decided(measure: Callable[[int], Sequence[Any]], budgets: Budg
         if not v.undecided or not lat.has_latency:
             break
         if spent + per_call > s.cap_s:
-            log(f"verdict cap {s.cap_s:g} s reached with {len(pool.ratios)} rounds: {v.undecided[0]}")
+            log(f"verdict cap {s.cap_s:g} s reached after {pool.calls} measuring processes: {v.undecided[0]}")
             break
-        log(f"{len(pool.ratios)} rounds: {v.undecided[0]}; measuring {s.rounds} more")
+        log(f"{pool.calls} measuring process(es) of {s.rounds} rounds: {v.undecided[0]}; one more")
     pool.seconds = clock() - t0
     return pool

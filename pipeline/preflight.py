@@ -59,10 +59,20 @@ def check_loaded(cfg, lm, data) -> None:
 
     attention_sites(lm.module, skip=cfg.prune.ignore)  # a head layout that does not divide: one error, now
     _check_criterion_fits(cfg, lm, data)
+    _check_recovery_loss(cfg, data)
     if lm.io.packed and cfg.target != "cpu":
         raise SpecError(f"model '{lm.spec}' takes {len(lm.io.inputs)} inputs ({', '.join(lm.io.names)}); target "
                         f"'{cfg.target}' times and runs one-input models only in this version",
                         hint="use --target cpu for token models (see docs/models.md)")
+
+
+def _check_recovery_loss(cfg, data) -> None:
+    """The PW loss weighs samples by the unpruned model's probability of their label: it needs class labels."""
+    if cfg.recovery.loss == "pw" and cfg.recovery.method != "none" and not (data.labeled and
+                                                                           _class_accuracy(data.metric)):
+        raise SpecError(f"recovery.loss pw needs class labels; data '{data.name}' is judged by '{data.metric}'"
+                        f"{'' if data.labeled else ' without labels'}",
+                        hint="use labelled class data (digits, imagefolder:, python:) or recovery.loss auto")
 
 
 def _check_criterion_fits(cfg, lm, data) -> None:

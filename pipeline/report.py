@@ -52,7 +52,7 @@ def constraints_section(cfg: RunConfig, base: dict, final: dict, speedup: float,
     :func:`search.budget.verdict`, with the sentence per violation, the verdict (``met`` / ``not_met`` /
     ``inconclusive``), the intervals it was decided on and the noise warnings.
 
-    ``speedup`` is the median over interleaved rounds of baseline / final round medians; ``measured``
+    ``speedup`` is the median over measuring processes of each one's median per-round ratio; ``measured``
     (``final.json``) carries its interval and the final latency's (:mod:`pipeline.final_measure`).
     """
     c = cfg.constraints
@@ -102,7 +102,7 @@ def build_report(state: Any) -> dict:
     cfg: RunConfig = state.cfg
     base, final = state.final["baseline"], state.final["final"]
     speedup = state.final.get("speedup") or base["latency_ms"]["median"] / final["latency_ms"]["median"]
-    cons = constraints_section(cfg, base, final, speedup, state.final, state.data.synthetic)
+    cons = constraints_section(cfg, base, final, speedup, state.final, getattr(state.data, "synthetic", False))
     tune = state.tune or {}
     return {
         "format": "edge-pipeline/report-v1",
@@ -131,6 +131,7 @@ def build_report(state: Any) -> dict:
         "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3)} for r in state.records],
         "versions": versions(),
         "sparsity": sparsity_section(state),
+        "per_class": state.final.get("per_class"),  # top1 with labels: per-class accuracy, worst class, gap
     }
 
 
@@ -350,12 +351,28 @@ def _interval_lines(r: dict) -> list[str]:
         iv = (c.get("intervals") or {}).get(key)
         if iv:
             lines.append(f"- {what}: {iv['estimate']:.3f}{unit}, {100 * iv['level']:.1f}% interval "
-                         f"[{iv['low']:.3f}, {iv['high']:.3f}]{unit} over {iv['n']} interleaved rounds "
+                         f"[{iv['low']:.3f}, {iv['high']:.3f}]{unit} over {iv['n']} measuring processes "
                          f"({iv['method']})")
     acc = c.get("accuracy_intervals")
     if acc:
         lines.append("- accuracy on the finite test split, 95% Wilson intervals: " + "; ".join(
             f"{k} {v['estimate']:.2f}% [{v['low']:.2f}, {v['high']:.2f}] (n={v['n']})" for k, v in acc.items()))
+    return lines
+
+
+def _per_class_lines(pc: dict | None) -> list[str]:
+    """Per-class test accuracy before and after, the worst class and the best-to-worst gap (fairness)."""
+    if not pc:
+        return []
+    b, f = pc["baseline"], pc["final"]
+    lines = ["", "## Per class (test split, through the engine)", "",
+             f"Worst class: baseline `{b['worst_class']}` {b['worst']:.2f}%, final `{f['worst_class']}` "
+             f"{f['worst']:.2f}%; gap best - worst: {b['gap']:.2f} -> {f['gap']:.2f} points.", "",
+             "| class | samples | baseline % | final % | change |", "|---|---:|---:|---:|---:|"]
+    for k, n in b["samples"].items():
+        x, y = b["accuracy"][k], f["accuracy"].get(k)
+        lines.append(f"| {k} | {n} | {x:.2f} | {'-' if y is None else f'{y:.2f}'} | "
+                     f"{'' if y is None else f'{y - x:+.2f}'} |")
     return lines
 
 
@@ -396,9 +413,9 @@ def markdown(r: dict) -> str:
         verdict_line,
         "",
         f"- objective: `{r['objective']}`; criterion: `{r['criterion']}`; search: `{r['search']}`",
-        f"- speedup: **{r['speedup']:.2f}x**: the median over interleaved rounds of the per-round ratio (baseline "
-        "round median / final round median); not the ratio of the two medians in the table below, which come from "
-        "the last measuring process",
+        f"- speedup: **{r['speedup']:.2f}x**: the median over measuring processes of each one's median per-round "
+        "ratio (baseline round median / final round median, interleaved rounds); not the ratio of the two medians "
+        "in the table below, which come from the last measuring process",
         *_interval_lines(r),
         f"- measured on: {f['measured_on']}",
         *_metric_lines(r.get("metric")),
@@ -429,6 +446,7 @@ def markdown(r: dict) -> str:
                   f"**This gives no speedup on this target.** The latency above is what a dense runtime does with "
                   f"the zeros: {sp['note']}. The `jetson` / `tensorrt` targets turn a 2:4 pattern into "
                   f"speed on Orin with `SPARSE_WEIGHTS`."]
+    lines += _per_class_lines(r.get("per_class"))
     lines += ["", "## Search", "", f"Stop reason: {r['tune'].get('stop_reason')}", "",
               "![accuracy vs measured latency](pareto.png)", ""]
     if r["candidates"]:

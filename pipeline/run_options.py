@@ -101,6 +101,7 @@ RUN_OPTIONS: tuple[Opt, ...] = (
     Opt("search", S, "search strategy (see `pipeline searches`)", "search"),
     Opt("policy", P, "replay a policy.json instead of searching", "policy", lambda v: str(v) if v else None),
     Opt("recovery_steps", I, "distillation steps after pruning (0 = none)", "recovery.steps"),
+    Opt("recovery_loss", S, "recovery loss: auto (KD) | pw (performance-weighted, class labels)", "recovery.loss"),
     Opt("threads", I, "runtime threads (default: physical cores)", "measure.threads"),
     Opt("out", P, "run folder (default runs/<UTC>-<model>)"),
     Opt("resume", bool, "continue the run in --out, rerunning only stale stages", default=False),

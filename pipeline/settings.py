@@ -47,7 +47,19 @@ def distill_settings(cfg: RunConfig, steps: int, metric: str | None = None) -> D
     r = cfg.recovery
     task = EVALUATORS.get(metric).loss if metric else "classes"
     return DistillSettings(steps=steps, batch_size=r.batch_size, lr=r.lr, temperature=r.temperature,
-                           alpha=r.alpha, seed=cfg.seed, loss=loss_for(metric), optimizer=r.optimizer, task=task)
+                           alpha=r.alpha, seed=cfg.seed, loss="pw" if r.loss == "pw" else loss_for(metric),
+                           optimizer=r.optimizer, task=task, pw_min_weight=r.pw_min_weight, pw_gamma=r.pw_gamma)
+
+
+def score_loss(cfg: RunConfig, metric: str) -> str:
+    """The task loss gradient criteria differentiate: the metric's kind, or the PW loss with the recovery's
+    parameters when ``recovery.loss: pw`` and the model outputs classes."""
+    from stages.evaluate import EVALUATORS
+    from stages.model.losses import pw_kind
+
+    kind = EVALUATORS.get(metric).loss
+    r = cfg.recovery
+    return pw_kind(r.pw_min_weight, r.pw_gamma) if r.loss == "pw" and kind == "classes" else kind
 
 
 def prune_settings(cfg: RunConfig, criterion: str | None = None) -> PruneSettings:

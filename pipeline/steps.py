@@ -20,7 +20,7 @@ from pipeline.runner import RunState, Stage, load_pruned, read_json, save_pruned
 from pipeline.settings import distill_settings, export_settings, measure_settings
 from search import SEARCHES, SearchContext
 from search.evaluator import Subject
-from stages.evaluate import EVALUATORS, TorchRunner, evaluate, format_score
+from stages.evaluate import EVALUATORS, TorchRunner, class_gap, evaluate, format_score, per_class_accuracy
 from stages.export import check_parity, export_onnx
 from stages.load.inputs import load_inputs as _load_inputs
 from stages.model.blocks import drop_blocks
@@ -135,7 +135,7 @@ def s_score(state: RunState) -> dict:
     model = copy.deepcopy(_base(state)).eval()
     graph = _graph(state, model)
     ctx = ScoreContext(model=model, graph=graph, calib=state.data.calib, seed=state.cfg.seed,
-                       loss=EVALUATORS.get(state.data.metric).loss,
+                       loss=settings.score_loss(state.cfg, state.data.metric),
                        options={**state.cfg.criterion_options,  # blocks are scored already: channels only
                                 **({"blocks": False} if depth and "blocks" in crit.params else {})})
     result = crit.result(ctx)
@@ -404,10 +404,13 @@ def s_measure(state: RunState) -> dict:
     pool = measure_until_decided(
         lambda rounds: state.target.measure([base_engine, final_engine], measure_settings(cfg), rounds=rounds),
         settings.budgets(cfg, None), settings.final_settings(cfg), log=state.ui.note)
-    accs = []
+    accs, classes = [], []
     for eng in (base_engine, final_engine):
         with state.target.runner(eng) as r:
-            accs.append(evaluate(data.metric, r, data.test))
+            acc, gap = _test_accuracy(data, r)
+            accs.append(acc)
+            if gap is not None:
+                classes.append(gap)
     records = []
     for i, (name, module) in enumerate((("baseline.onnx", lm.module), ("model.onnx", state.pruned))):
         macs, params = macs_params(module, lm.input_shape)
@@ -421,14 +424,26 @@ def s_measure(state: RunState) -> dict:
     state.final = {"baseline": records[0], "final": records[1], "speedup": pool.speedup,
                    "intervals": {k: iv.to_json() for k, iv in ivs.items()}, "ratio_cv": pool.ratio_cv(),
                    "calls": pool.calls, "seconds": round(pool.seconds, 2),
-                   "accuracy_intervals": accuracy_intervals(data, accs)}
+                   "accuracy_intervals": accuracy_intervals(data, accs),
+                   "per_class": {"baseline": classes[0], "final": classes[1]} if classes else None}
     write_json(state, "final.json", state.final)
     sp, iv = pool.speedup, ivs["speedup"]
     return {"speedup": sp, "accuracy": accs[1], "rounds": len(pool.ratios),
             "_summary": f"{records[0]['latency_ms']['median']:.3f} -> {records[1]['latency_ms']['median']:.3f} ms "
                         f"({sp:.2f}x, {100 * iv.level:.0f}% interval {iv.low:.2f}-{iv.high:.2f}x over "
-                        f"{len(pool.ratios)} rounds), {data.metric} {accs[0]:.2f} -> "
+                        f"{pool.calls} processes), {data.metric} {accs[0]:.2f} -> "
                         f"{format_score(data.metric, accs[1], data.test)}"}
+
+
+def _test_accuracy(data, runner) -> tuple[float, dict | None]:
+    """The metric on the test split, and for top-1 with one class label a sample also the per-class accuracy
+    (:func:`stages.evaluate.class_gap`), from the same single pass (a device evaluation is not repeated)."""
+    scalar = len(data.test) > 0 and torch.as_tensor(data.test[0][1]).ndim == 0
+    if not (data.labeled and EVALUATORS.get(data.metric).name == "top1" and scalar):
+        return evaluate(data.metric, runner, data.test), None
+    counts = per_class_accuracy(runner, data.test)
+    right, total = sum(c for c, _ in counts.values()), sum(n for _, n in counts.values())
+    return 100.0 * right / max(total, 1), class_gap(counts)
 
 
 def accuracy_intervals(data, accs: list[float]) -> dict | None:

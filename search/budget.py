@@ -197,4 +197,4 @@ def _undecided_latency(budgets: Budgets, m: Observed) -> list[str]:
         return []
     unit = "x" if at_least else " ms"
     return [f"{what} {iv.estimate:.3f}{unit}, {100 * iv.level:.1f}% interval [{iv.low:.3f}, {iv.high:.3f}]{unit} "
-            f"({iv.n} rounds) against the budget {budget:.3f}{unit}: not decided"]
+            f"({iv.n} measuring processes) against the budget {budget:.3f}{unit}: not decided"]

@@ -110,6 +110,26 @@ def evaluate_top1(runner, data: Dataset, batch_size: int = 64) -> float:
     return _argmax_agreement(runner, data, batch_size)
 
 
+def per_class_accuracy(runner, data: Dataset, batch_size: int = 64) -> dict[int, tuple[int, int]]:
+    """Per class label: (correct, samples) of the output's argmax, for class logits with one label a sample."""
+    out: dict[int, list[int]] = {}
+    for x, y in _batches(data, batch_size):
+        pred = np.asarray(runner.run(x.numpy())).reshape(len(x), -1).argmax(1)
+        for p, t in zip(pred.tolist(), y.numpy().reshape(-1).tolist()):
+            c = out.setdefault(int(t), [0, 0])
+            c[0] += int(p == int(t))
+            c[1] += 1
+    return {k: (v[0], v[1]) for k, v in sorted(out.items())}
+
+
+def class_gap(counts: dict[int, tuple[int, int]]) -> dict:
+    """Per-class accuracy in %, the worst class and the gap between the best and the worst class (points)."""
+    acc = {str(k): 100.0 * c / max(n, 1) for k, (c, n) in counts.items()}
+    worst = min(acc, key=acc.get)
+    return {"accuracy": acc, "worst_class": worst, "worst": acc[worst], "gap": max(acc.values()) - acc[worst],
+            "samples": {str(k): n for k, (_, n) in counts.items()}}
+
+
 def _argmax_reference(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(len(out), -1).argmax(1) if out.dim() <= 2 else out.argmax(-1)
 

@@ -45,7 +45,7 @@ objective: latency
 constraints: {speedup: 1.3, max_accuracy_drop: 3.0}
 criterion: magnitude-l2
 recovery: {steps: 60, tune_steps: 0, batch_size: 32}
-measure: {warmup_s: 0.05, min_duration_s: 0.25, min_iters: 20, final_rounds: 2, candidate_rounds: 2,
+measure: {warmup_s: 0.05, min_duration_s: 0.25, min_iters: 20, final_rounds: 2, verdict_level: 0.75, candidate_rounds: 2,
           candidate_duration_s: 0.15}
 tune: {max_candidates: 6, time_limit_s: 120, min_step: 0.1}
 """

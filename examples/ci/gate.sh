@@ -89,7 +89,7 @@ if [ -f "$rep" ] && command -v jq >/dev/null 2>&1; then
     "| \(.final.accuracy_metric // "accuracy") (\(.metric.unit // "%")) | \(.baseline.accuracy | r(2)) | \(.final.accuracy | r(2)) |",
     "| MACs (M) | \(.baseline.macs / 1e6 | r(1)) | \(.final.macs / 1e6 | r(1)) |",
     "",
-    "speedup **\(.speedup | r(2))x**" + (if .constraints.intervals.speedup then " (interval \(.constraints.intervals.speedup.low | r(2))-\(.constraints.intervals.speedup.high | r(2))x over \(.constraints.intervals.speedup.n) rounds)" else "" end) + ", measured on \(.final.measured_on)",
+    "speedup **\(.speedup | r(2))x**" + (if .constraints.intervals.speedup then " (interval \(.constraints.intervals.speedup.low | r(2))-\(.constraints.intervals.speedup.high | r(2))x over \(.constraints.intervals.speedup.n) measuring processes)" else "" end) + ", measured on \(.final.measured_on)",
     "",
     (.constraints.violations[]? | "- " + .), (.constraints.undecided[]? | "- " + .), (.constraints.warnings[]? | "- ⚠ " + .)' "$rep" >"$OUT/summary.md"
 elif [ -f "$rep" ]; then

@@ -10,6 +10,11 @@ calibration labels hold what that metric compares against (:func:`stages.load.da
   training loss (perplexity). The labels (the unpruned model's NLL) are not needed.
 - ``features``: any output against the unpruned model's output: the relative squared error
   ``||out - y||^2 / ||y||^2`` (cosine, output-error: embeddings).
+- ``pw:A:G`` (``recovery.loss: pw`` on a ``classes`` model): the performance-weighted cross-entropy of
+  Meyer & Wong (:func:`pw_cross_entropy`) with the model's own detached output as the unpruned
+  reference, as the paper's Taylor scores use it: at the unpruned model a sample it classifies
+  right has its own softmax as target (zero gradient), so the score comes from the samples it gets
+  wrong, each weighted ``A + (1 - A) (1 - p)^G``.
 
 Every form is written without data-dependent Python branches, so ``torch.func.vmap`` can take
 per-sample gradients of it (the Hessian criterion does).
@@ -20,7 +25,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-KINDS = ("classes", "next-token", "features")
+KINDS = ("classes", "next-token", "features", "pw")
+
+
+def pw_kind(min_weight: float = 0.75, gamma: float = 5.0) -> str:
+    """The loss kind string of the PW loss with its parameters (``pw:A:G``)."""
+    return f"pw:{min_weight:g}:{gamma:g}"
+
+
+def pw_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, min_weight: float = 0.75,
+                     gamma: float = 5.0) -> torch.Tensor:
+    """``mean_i w_i * CE(logits_i, t_i)``: ``w_i = A + (1 - A) (1 - p_i)^G`` with ``p_i`` the teacher's
+    probability of the label ``y_i``; ``t_i`` the teacher's softmax where its argmax is ``y_i``, else the
+    one-hot label (methods.md §8, from the paper's code). Class logits ``[N, C]``; written without
+    data-dependent branches (vmap)."""
+    soft = F.softmax(teacher_logits.detach(), dim=-1)
+    yy = y.long().reshape(-1, 1)
+    onehot = (torch.arange(logits.shape[-1], device=logits.device) == yy).to(logits.dtype)
+    p = (soft * onehot).sum(-1)
+    right = (soft.argmax(-1, keepdim=True) == yy)
+    target = torch.where(right, soft, onehot)
+    weight = min_weight + (1 - min_weight) * (1 - p).pow(gamma)
+    return (weight * -(target * F.log_softmax(logits, dim=-1)).sum(-1)).mean()
 
 
 def task_loss(kind: str, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -35,6 +61,10 @@ def task_loss(kind: str, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) ->
     if kind == "features":
         y = y.to(out.dtype).reshape(out.shape)
         return (out - y).pow(2).sum() / y.pow(2).sum().clamp_min(1e-12)
+    if kind == "pw" or kind.startswith("pw:"):
+        a, g = (float(v) for v in (kind.split(":")[1:] or ["0.75", "5"]))
+        logits = out.reshape(-1, out.shape[-1])
+        return pw_cross_entropy(logits, logits, y.to(out.device).reshape(-1), a, g)
     if kind != "classes":
         raise ValueError(f"unknown loss kind {kind!r}; one of {KINDS}")
     y = y.to(out.device).long().reshape(out.shape[:-1])

@@ -6,7 +6,14 @@ Loss (``DistillSettings.loss``):
   (1 - alpha) * CE(s, y)`` over the last axis (every token position of an LM is a row); without
   labels (``random``, ``text:`` data) the CE term is dropped;
 - ``feature`` (embeddings, any output read by ``cosine`` / ``output-error``): the relative squared
-  error ``||s - t||^2 / ||t||^2``, scale-free, so one learning rate fits every model.
+  error ``||s - t||^2 / ||t||^2``, scale-free, so one learning rate fits every model;
+- ``pw`` (``recovery.loss: pw``, class logits with labels): the performance-weighted loss of Meyer &
+  Wong (methods.md §8, from their code): ``mean_i w_i * CE(s_i, t_i)`` with ``w_i = a + (1 - a) *
+  (1 - p_i)^g``, ``p_i`` the unpruned model's probability of the true class, and ``t_i`` the unpruned
+  model's softmax where it classifies ``x_i`` correctly, else the one-hot label ("fixed labels").
+  Samples the unpruned model finds hard weigh more, which is meant to keep the worst classes from
+  paying for the cut. ``a`` = ``pw_min_weight`` (0.75), ``g`` = ``pw_gamma`` (5), the code's defaults;
+  the teacher's softmax is taken at temperature 1 (the paper's code has no temperature).
 
 :func:`loss_for` picks it from the run's metric. Optimiser (``DistillSettings.optimizer``):
 ``sgd`` (Nesterov momentum 0.9, weight decay 5e-4; default lr 0.01), ``adamw`` (betas 0.9 / 0.999,
@@ -34,6 +41,7 @@ from torch.utils.data import Dataset
 
 from stages.model.attention import attention_sites
 from stages.model.contract import ContractModel
+from stages.model.losses import pw_cross_entropy
 
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
 
@@ -51,7 +59,9 @@ class DistillSettings:
     # ``schedule_start``: a run split in two phases (soft masks, then plain KD) keeps one schedule
     schedule_start: int = 0
     schedule_steps: int | None = None
-    loss: str = "kl"  # "kl" or "feature" (loss_for)
+    loss: str = "kl"  # "kl", "feature" (loss_for) or "pw" (performance-weighted, pw_loss)
+    pw_min_weight: float = 0.75  # the PW loss's a
+    pw_gamma: float = 5.0  # the PW loss's g
     optimizer: str = "auto"  # "auto", "sgd" or "adamw" (make_optimizer)
     task: str = "classes"  # the metric's task-loss kind (stages.model.losses), for gradient-flow soft masks
 
@@ -91,6 +101,20 @@ def loss_for(metric: str | None) -> str:
     return "feature" if metric in FEATURE_METRICS else "kl"
 
 
+def pw_weights(teacher_logits: torch.Tensor, y: torch.Tensor, min_weight: float, gamma: float) -> torch.Tensor:
+    """``a + (1 - a) * (1 - p)^g`` per sample, ``p`` the teacher's softmax probability of the label."""
+    p = F.softmax(teacher_logits, dim=1).gather(1, y.long().view(-1, 1)).squeeze(1)
+    return min_weight + (1 - min_weight) * (1 - p).pow(gamma)
+
+
+def pw_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, min_weight: float = 0.75,
+            gamma: float = 5.0) -> torch.Tensor:
+    """The performance-weighted cross-entropy (module doc; :func:`stages.model.losses.pw_cross_entropy`)."""
+    if student_logits.dim() > 2 or y.dim() != 1:
+        raise ValueError("the PW loss needs class logits (batch, classes) and one class label per sample")
+    return pw_cross_entropy(student_logits, teacher_logits, y, min_weight, gamma)
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, t: float,
             alpha: float, loss: str = "kl") -> torch.Tensor:
     """``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, y)`` (no CE at alpha 1) over
@@ -109,7 +133,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch
 
 def kd_batch_loss(student: nn.Module, teacher: nn.Module, xs: torch.Tensor, ys: torch.Tensor, batch_size: int,
                   gen: torch.Generator, t: float, alpha: float, device: torch.device | None = None,
-                  loss: str = "kl") -> torch.Tensor:
+                  loss: str = "kl", pw: tuple[float, float] = (0.75, 5.0)) -> torch.Tensor:
     """One distillation step's loss: draw a batch with ``gen``, teacher logits without grad, the
     student in train mode. Shared by plain recovery and the soft-mask phase."""
     idx = torch.randint(0, len(xs), (min(batch_size, len(xs)),), generator=gen)
@@ -121,6 +145,8 @@ def kd_batch_loss(student: nn.Module, teacher: nn.Module, xs: torch.Tensor, ys: 
     with torch.no_grad():
         teacher_logits = teacher(x)
     student.train()
+    if loss == "pw":
+        return pw_loss(student(x), teacher_logits, y, *pw)
     return kd_loss(student(x), teacher_logits, y, t, alpha, loss)
 
 
@@ -139,7 +165,8 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, settings: Di
     for step in range(settings.steps):
         for pg in opt.param_groups:
             pg["lr"] = settings.lr_at(step, base_lr)
-        loss = kd_batch_loss(student, teacher, xs, ys, settings.batch_size, g, t, alpha, loss=settings.loss)
+        loss = kd_batch_loss(student, teacher, xs, ys, settings.batch_size, g, t, alpha, loss=settings.loss,
+                             pw=(settings.pw_min_weight, settings.pw_gamma))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -224,7 +224,8 @@ def _soft_phase(student: nn.Module, teacher: nn.Module, graph: PruneGraph, masks
         for step in range(k_steps):
             for pg in opt.param_groups:
                 pg["lr"] = sched.lr_at(step, base_lr)
-            loss = kd_batch_loss(student, teacher, xs, ys, settings.batch_size, gen, t, alpha, device, loss=settings.loss)
+            loss = kd_batch_loss(student, teacher, xs, ys, settings.batch_size, gen, t, alpha, device, loss=settings.loss,
+                                 pw=(settings.pw_min_weight, settings.pw_gamma))
             opt.zero_grad(set_to_none=True)
             masks.zero_grad()
             loss.backward()

@@ -42,7 +42,7 @@ LOSSES = ("auto", "ce", *KINDS)  # auto: the run's task loss (ScoreContext.loss)
 def model_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "classes") -> torch.Tensor:
     """The task loss of kind ``loss`` (:mod:`stages.model.losses`; ``ce`` = classes: cross-entropy, a sample
     whose label is < 0 using the model's own prediction instead)."""
-    if loss not in LOSSES or loss == "auto":
+    if (loss not in LOSSES and not loss.startswith("pw:")) or loss == "auto":
         raise ConfigError(f"gradient-flow loss {loss!r} is not supported", hint=f"use one of: {', '.join(LOSSES)}")
     return task_loss("classes" if loss == "ce" else loss, model(x), x, y.to(x.device))
 

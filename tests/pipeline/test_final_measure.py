@@ -43,9 +43,27 @@ def test_a_clear_speedup_is_decided_once_the_interval_has_its_coverage():
     measure, calls = fake([2.5, 2.6, 2.4])
     pool = measure_until_decided(measure, Budgets(None, None, None, None, speedup=2.0), FinalSettings(3, 600, 0.95),
                                  clock=clock_of(1.0))
-    assert calls == [3, 3] and len(pool.ratios) == 6  # 6 rounds: 96.9% for [min, max]
+    assert calls == [3] * 6 and len(pool.ratios) == 18  # 6 calls (processes): 96.9% for [min, max]
     iv = pool.intervals(0.95)["speedup"]
-    assert iv.low >= 2.0 and pool.speedup == pytest.approx(2.5)
+    assert iv.low >= 2.0 and iv.n == 6 and pool.speedup == pytest.approx(2.5)
+
+
+def test_the_call_is_the_unit_correlated_rounds_do_not_narrow_the_interval():
+    """Two processes whose rounds agree with each other but not across processes (a loaded machine): 6 rounds
+    of one call would give a tight interval; over calls it stays as wide as the calls disagree."""
+    per_call = itertools.cycle([[6.4, 6.6, 6.5], [2.3, 2.4, 2.5]])
+
+    def measure(rounds):
+        rs = next(per_call)
+        return [Rec([10.0] * rounds), Rec([10.0 / r for r in rs])]
+
+    pool = measure_until_decided(measure, Budgets(None, None, None, None, speedup=3.7), FinalSettings(3, 30, 0.95),
+                                 clock=clock_of(1.0))
+    iv = pool.intervals(0.95)["speedup"]
+    assert pool.calls >= 6 and iv.low == pytest.approx(2.4) and iv.high == pytest.approx(6.5)
+    v = verdict(Budgets(None, None, None, None, speedup=3.7),
+                Observed(5.0, None, pool.speedup, intervals=pool.intervals(0.95)))
+    assert v.status == "inconclusive"
 
 
 def test_a_straddling_speedup_stops_at_the_cap_inconclusive():
@@ -82,7 +100,7 @@ def test_exit_codes_follow_the_verdict():
 
 def test_a_model_against_itself_is_inconclusive_exit_3(cli, tmp_path):
     """Speedup budget 1.0: the unpruned model already meets it, so the final model is the baseline; with no
-    time to add rounds (cap 0, 2 rounds: 50% coverage) the verdict cannot be met or not met: exit 3."""
+    time to add calls (cap 0, one measuring process: no coverage) the verdict cannot be met or not met: exit 3."""
     import json
 
     from tests.conftest import FAST_YAML
@@ -95,7 +113,7 @@ def test_a_model_against_itself_is_inconclusive_exit_3(cli, tmp_path):
     assert rc == 3, err
     c = json.loads((out / "report.json").read_text())["constraints"]
     assert c["verdict"] == "inconclusive" and not c["met"] and c["undecided"] and "quiet" in c["advice"]
-    assert c["intervals"]["speedup"]["n"] == 2 and c["intervals"]["speedup"]["level"] < 0.95
+    assert c["intervals"]["speedup"]["n"] == 1 and c["intervals"]["speedup"]["level"] < 0.95
     assert "inconclusive" in stdout and "Verdict: inconclusive" in (out / "report.md").read_text()
     rc2, _, _ = cli("report", str(out))
     assert rc2 == 3

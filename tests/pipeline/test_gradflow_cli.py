@@ -29,7 +29,7 @@ def test_gradient_flow_with_soft_masks_end_to_end_and_resume(cli, tmp_path):
     cfg.write_text(SOFT_YAML)
     out = tmp_path / "r"
     code, _, err = cli("run", "--config", cfg, "--criterion", "gradient-flow", "--out", out, "-q")
-    assert code in (0, 1), err
+    assert code in (0, 1, 3), err
     rep = json.loads((out / "report.json").read_text())
     assert rep["criterion"] == "gradient-flow" and rep["final"]["macs"] < rep["baseline"]["macs"]
     stages = {s["name"]: s for s in json.loads((out / "manifest.json").read_text())["stages"]}
@@ -43,7 +43,7 @@ def test_gradient_flow_with_soft_masks_end_to_end_and_resume(cli, tmp_path):
 
     (out / "pruned.pt").unlink()
     code2, _, err = cli("run", "--config", cfg, "--criterion", "gradient-flow", "--out", out, "-q", "--resume")
-    assert code2 in (0, 1), err
+    assert code2 in (0, 1, 3), err
     stages = {s["name"]: s for s in json.loads((out / "manifest.json").read_text())["stages"]}
     for name in ("baseline", "score", "tune", "prune"):
         assert stages[name]["metrics"].get("resumed") is True, name

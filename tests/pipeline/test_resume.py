@@ -53,7 +53,7 @@ def test_kill_9_mid_recovery_then_resume(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     ref = subprocess.run(_cmd(cfg, policy, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
-    assert ref.returncode in (0, 1), ref.stderr
+    assert ref.returncode in (0, 1, 3), ref.stderr
 
     out = tmp_path / "crashed"
     proc = subprocess.Popen(_cmd(cfg, policy, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -69,7 +69,7 @@ def test_kill_9_mid_recovery_then_resume(tmp_path):
     assert not list(out.glob(".pruned.pt.*"))  # no half-written file under the final name or a temp name left
 
     res = subprocess.run(_cmd(cfg, policy, out, "--resume"), env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode in (0, 1), res.stderr
+    assert res.returncode in (0, 1, 3), res.stderr
     for name in ARTIFACTS:
         assert sha(out / name) == sha(tmp_path / "ref" / name), name
     stages = {s["name"]: s for s in json.loads((out / "manifest.json").read_text())["stages"]}

@@ -282,7 +282,7 @@ def test_cli_run_with_ld_pruner_and_depth_pruning(cli, tmp_path):
     cfg.write_text(_fast_yaml("prune: {depth_blocks: 1}\ncriterion_options: {samples: 4}\n"))
     out = tmp_path / "r"
     code, _, err = cli("run", "--config", cfg, "--criterion", "ld-pruner", "--out", out, "-q")
-    assert code in (0, 1), err
+    assert code in (0, 1, 3), err
     saved = torch.load(out / "scores.pt", weights_only=True)
     blocks = saved["depth"]["block_scores"]
     assert set(blocks) == set(RESNET20_REMOVABLE) and saved["blocks"] == blocks

@@ -103,7 +103,7 @@ objective: latency
 constraints: {{speedup: 1.2, max_accuracy_drop: null}}
 criterion: magnitude-l2
 recovery: {{steps: 0, tune_steps: 0}}
-measure: {{warmup_s: 0.05, min_duration_s: 0.1, min_iters: 20, final_rounds: 2, candidate_rounds: 1,
+measure: {{warmup_s: 0.05, min_duration_s: 0.1, min_iters: 20, final_rounds: 2, verdict_level: 0.75, candidate_rounds: 1,
           candidate_duration_s: 0.1}}
 tune: {{max_candidates: 2, time_limit_s: 60, min_step: 0.2}}
 target_options: {{known_hosts: {kh}, identity_file: {key}, ssh_config: none, remote_python: {py}}}

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.stats import Interval, median_interval
+from core.stats import Interval, median_interval, rounds_for
 from search.budget import Budgets, Observed, verdict
 
 
@@ -109,6 +109,10 @@ def measure_until_decided(measure: Callable[[int], Sequence[Any]], budgets: Budg
     pool = Pooled()
     t0 = clock()
     lat = latency_budgets(budgets)
+    need = rounds_for(s.level)
+    if lat.has_latency:
+        log(f"verdict: at least {need} measuring processes of {s.rounds} rounds (a {100 * s.level:g}% interval "
+            f"needs {need}), more until it decides or {s.cap_s:g} s")
     while True:
         t_call = clock()
         pool.add(measure(s.rounds))
@@ -122,6 +126,7 @@ def measure_until_decided(measure: Callable[[int], Sequence[Any]], budgets: Budg
         if spent + per_call > s.cap_s:
             log(f"verdict cap {s.cap_s:g} s reached after {pool.calls} measuring processes: {v.undecided[0]}")
             break
-        log(f"{pool.calls} measuring process(es) of {s.rounds} rounds: {v.undecided[0]}; one more")
+        if pool.calls >= need:
+            log(f"{pool.calls} measuring processes: {v.undecided[0]}; one more")
     pool.seconds = clock() - t0
     return pool

@@ -24,15 +24,17 @@ LABEL_SCAN = 2048  # test samples read to find a second class (stops at the firs
 def check_names(cfg) -> None:
     """Fail before any work (and before a run folder exists) on names and paths that cannot resolve."""
     from search import SEARCHES
-    from stages.load.checks import check_data_spec, check_model_spec
+    from stages.load.checks import DATA_CHECKS, MODEL_CHECKS, check_spec
+    from stages.load.data import DATA_SOURCES
+    from stages.load.models import MODEL_SOURCES
     from stages.prune.plan import PruningPlan
     from stages.score import CRITERIA
 
-    for spec in (cfg.model, cfg.arch):
+    for spec, sources, checks in ((cfg.model, MODEL_SOURCES, MODEL_CHECKS), (cfg.arch, MODEL_SOURCES, MODEL_CHECKS),
+                                  (cfg.data, DATA_SOURCES, DATA_CHECKS)):
         if spec:
-            check_model_spec(spec)
-    if cfg.data:
-        check_data_spec(cfg.data)
+            sources.get(str(spec).partition(":")[0])  # an unknown source prefix
+            check_spec(spec, checks)
     if cfg.policy:
         PruningPlan.from_file(Path(cfg.policy))
     else:

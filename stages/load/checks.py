@@ -4,6 +4,10 @@
 typo in ``torchvision:resnet99``, ``example:minlm``, ``hf:./missing`` or ``text:notes.txt`` stops in
 a second with the loader's own words instead of after minutes of work. A source with no entry here
 is checked by its loader only (``random``, ``digits``, ``tokens``: nothing to check).
+
+The checks that need what a source module owns (the example table, ``import_callable``) are
+registered by that module (:mod:`stages.load.models`, :mod:`stages.load.data`), so this module
+imports neither (the import contract forbids the cycle). Callers import the source modules first.
 """
 
 from __future__ import annotations
@@ -19,33 +23,11 @@ MODEL_CHECKS: Registry[SpecCheck] = Registry("model spec check")
 DATA_CHECKS: Registry[SpecCheck] = Registry("data spec check")
 
 
-def check_model_spec(spec: str) -> None:
-    """Raise the loader's error for a model spec whose name cannot resolve."""
-    _check(spec, MODEL_CHECKS, "model")
-
-
-def check_data_spec(spec: str) -> None:
-    """Raise the loader's error for a data spec whose name or path cannot resolve."""
-    _check(spec, DATA_CHECKS, "data")
-
-
-def _check(spec: str, checks: Registry[SpecCheck], what: str) -> None:
-    from stages.load.data import DATA_SOURCES
-    from stages.load.models import MODEL_SOURCES
-
+def check_spec(spec: str, checks: Registry[SpecCheck]) -> None:
+    """Run the cheap check of ``spec``'s source, if it has one (the source prefix itself is the caller's)."""
     kind, _, arg = str(spec).partition(":")
-    (DATA_SOURCES if what == "data" else MODEL_SOURCES).get(kind)  # unknown source prefix
     if kind in checks:
         checks.get(kind)(arg)
-
-
-@MODEL_CHECKS.register("example")
-def _example(arg: str) -> None:
-    from stages.load.models import EXAMPLES, example_names
-
-    if arg not in EXAMPLES:
-        raise SpecError(f"unknown example model '{arg}'.{did_you_mean(arg, EXAMPLES)}",
-                        hint=f"examples: {', '.join(example_names())}")
 
 
 @MODEL_CHECKS.register("torchvision")
@@ -74,20 +56,6 @@ def _hf(arg: str) -> None:
     from stages.load.hf import resolve_folder
 
     resolve_folder(arg)
-
-
-@MODEL_CHECKS.register("python")
-def _python_model(arg: str) -> None:
-    from stages.load.data import import_callable
-
-    import_callable(arg, "model")
-
-
-@DATA_CHECKS.register("python")
-def _python_data(arg: str) -> None:
-    from stages.load.data import import_callable
-
-    import_callable(arg, "data")
 
 
 @MODEL_CHECKS.register("file")

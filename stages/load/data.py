@@ -171,6 +171,11 @@ def _imagefolder(arg: str, req: DataRequest) -> DataBundle:
     return DataBundle(f"imagefolder:{root.name}", sub(full, perm[:a]), sub(full, perm[a:b]), sub(full, perm[b:]), (c, h, w))
 
 
+@DATA_CHECKS.register("python")
+def _check_python(arg: str) -> None:
+    import_callable(arg, "data")
+
+
 @DATA_SOURCES.register("python")
 def _python(arg: str, req: DataRequest) -> DataBundle:
     """``python:module:fn``; fn(input_shape) returns a DataBundle or a dict with train/calib/test datasets."""

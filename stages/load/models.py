@@ -122,6 +122,18 @@ def example_names() -> list[str]:
     return sorted(EXAMPLES)
 
 
+@MODEL_CHECKS.register("example")
+def _check_example(arg: str) -> None:
+    if arg not in EXAMPLES:
+        raise SpecError(f"unknown example model '{arg}'.{did_you_mean(arg, EXAMPLES)}",
+                        hint=f"examples: {', '.join(example_names())}")
+
+
+@MODEL_CHECKS.register("python")
+def _check_python(arg: str) -> None:
+    import_callable(arg, "model")
+
+
 @MODEL_SOURCES.register("example")
 def _example(arg: str, req: ModelRequest) -> LoadedModel:
     MODEL_CHECKS.get("example")(arg)

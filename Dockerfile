@@ -1,5 +1,5 @@
 # edge-pipeline as a Docker image for deployment CI: `docker run IMAGE run --config ... --out /runs/X`
-# exits 0 (budget met), 1 (not met) or 2 (bad input / failure), like the CLI.
+# exits 0 (budget met), 1 (not met), 2 (bad input / failure) or 3 (inconclusive: too noisy to tell), like the CLI.
 #
 # No `# syntax=` line on purpose: it would make BuildKit pull docker/dockerfile from Docker Hub.
 # The built-in frontend of Docker >= 20.10 (with BuildKit) knows RUN --mount=type=secret|cache.
@@ -99,7 +99,7 @@ ARG PIPELINE_UID=10001
 ARG APT_PACKAGES="openssh-client"
 
 LABEL org.opencontainers.image.title="edge-pipeline" \
-      org.opencontainers.image.description="Prune a PyTorch model until a latency / memory / accuracy budget holds, measured on the target; exit 0 met, 1 not met, 2 bad input" \
+      org.opencontainers.image.description="Prune a PyTorch model until a latency / memory / accuracy budget holds, measured on the target; exit 0 met, 1 not met, 2 bad input, 3 inconclusive" \
       org.opencontainers.image.licenses="MIT"
 
 RUN --mount=type=secret,id=ca \

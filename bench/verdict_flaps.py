@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.stats import median_interval  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
-from pipeline.final_measure import FinalSettings, measure_until_decided  # noqa: E402
+from pipeline.final_measure import FinalSettings, Pooled, measure_until_decided  # noqa: E402
 from pipeline.orchestrate import saved_config  # noqa: E402
 from pipeline.settings import measure_settings  # noqa: E402
 from search.budget import Budgets, Observed, verdict  # noqa: E402
@@ -75,10 +75,10 @@ def run_config(run_dir: Path) -> RunConfig:
 
 
 def point_rule(measure, budget: float, rounds: int) -> dict:
-    recs = measure(rounds)
-    ratios = [a / b for a, b in zip(recs[0]["round_medians_ms"], recs[1]["round_medians_ms"])]
-    sp = statistics.median(ratios)
-    return {"speedup": sp, "verdict": "met" if sp >= budget else "not_met", "rounds": len(ratios)}
+    pool = Pooled()
+    pool.add(measure(rounds))
+    sp = pool.speedup  # one call: the median per-round ratio
+    return {"speedup": sp, "verdict": "met" if sp >= budget else "not_met", "rounds": len(pool.ratios)}
 
 
 def interval_rule(measure, budget: float, fs: FinalSettings) -> dict:

@@ -138,7 +138,7 @@ def measure_file(path: Path, target_name: str, batch: int, threads: int | None, 
     target = get_target(target_name, options)
     engine = target.build(Path(path), sample, Path(path).parent)
     rec = target.measure([engine], MeasureSettings(threads=threads, batch=batch, min_duration_s=duration))[0]
-    params, macs = onnx_params_macs(Path(path), sample)
+    params, macs = onnx_params_macs(m, sample)
     return Measurement.from_timing(rec, onnx_bytes=Path(path).stat().st_size, params=params, macs=macs,
                                    accuracy=None, metric=None).to_json()
 

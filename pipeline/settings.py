@@ -16,6 +16,7 @@ from search.base import SearchLimits
 from search.budget import Budgets
 from search.evaluator import CandidateEvaluator, EvaluatorSettings, Subject
 from search.registry import TuneSettings
+from stages.evaluate import EVALUATORS
 from stages.export import ExportSettings
 from stages.load.models import ModelRequest
 from stages.prune.apply import PruneSettings
@@ -42,7 +43,6 @@ def measure_settings(cfg: RunConfig, candidate: bool = False) -> MeasureSettings
 
 def distill_settings(cfg: RunConfig, steps: int, metric: str | None = None) -> DistillSettings:
     """Recovery of ``steps`` steps; the loss fits the run's ``metric`` (:func:`stages.recover.distill.loss_for`)."""
-    from stages.evaluate import EVALUATORS
 
     r = cfg.recovery
     task = EVALUATORS.get(metric).loss if metric else "classes"
@@ -54,7 +54,6 @@ def distill_settings(cfg: RunConfig, steps: int, metric: str | None = None) -> D
 def score_loss(cfg: RunConfig, metric: str) -> str:
     """The task loss gradient criteria differentiate: the metric's kind, or the PW loss with the recovery's
     parameters when ``recovery.loss: pw`` and the model outputs classes."""
-    from stages.evaluate import EVALUATORS
     from stages.model.losses import pw_kind
 
     kind = EVALUATORS.get(metric).loss

@@ -20,7 +20,7 @@ from pipeline.runner import RunState, Stage, load_pruned, read_json, save_pruned
 from pipeline.settings import distill_settings, export_settings, measure_settings
 from search import SEARCHES, SearchContext
 from search.evaluator import Subject
-from stages.evaluate import EVALUATORS, TorchRunner, class_gap, evaluate, format_score, per_class_accuracy
+from stages.evaluate import EVALUATORS, TorchRunner, evaluate, evaluate_with_classes, format_score
 from stages.export import check_parity, export_onnx
 from stages.load.inputs import load_inputs as _load_inputs
 from stages.model.blocks import drop_blocks
@@ -407,7 +407,7 @@ def s_measure(state: RunState) -> dict:
     accs, classes = [], []
     for eng in (base_engine, final_engine):
         with state.target.runner(eng) as r:
-            acc, gap = _test_accuracy(data, r)
+            acc, gap = evaluate_with_classes(data.metric, r, data.test, data.labeled)
             accs.append(acc)
             if gap is not None:
                 classes.append(gap)
@@ -433,17 +433,6 @@ def s_measure(state: RunState) -> dict:
                         f"({sp:.2f}x, {100 * iv.level:.0f}% interval {iv.low:.2f}-{iv.high:.2f}x over "
                         f"{pool.calls} processes), {data.metric} {accs[0]:.2f} -> "
                         f"{format_score(data.metric, accs[1], data.test)}"}
-
-
-def _test_accuracy(data, runner) -> tuple[float, dict | None]:
-    """The metric on the test split, and for top-1 with one class label a sample also the per-class accuracy
-    (:func:`stages.evaluate.class_gap`), from the same single pass (a device evaluation is not repeated)."""
-    scalar = len(data.test) > 0 and torch.as_tensor(data.test[0][1]).ndim == 0
-    if not (data.labeled and EVALUATORS.get(data.metric).name == "top1" and scalar):
-        return evaluate(data.metric, runner, data.test), None
-    counts = per_class_accuracy(runner, data.test)
-    right, total = sum(c for c, _ in counts.values()), sum(n for _, n in counts.values())
-    return 100.0 * right / max(total, 1), class_gap(counts)
 
 
 def accuracy_intervals(data, accs: list[float]) -> dict | None:

@@ -69,6 +69,16 @@ class TuneResult:
     log: list[str]
 
 
+def time_cap_reason(spent: float, done: int, cap: float, what: str = "candidate") -> str | None:
+    """Why no further evaluation may start: the time cap reached, or passed by the next one if it takes as long
+    as the ``done`` ones so far took on average. Every search's cap (and ``pipeline worker``'s) reads this."""
+    if spent >= cap:
+        return f"time cap ({cap:.0f}s) reached"
+    if done and spent * (done + 1) / done > cap:
+        return f"time cap ({cap:.0f}s): {spent:.0f}s spent, the next {what} would end past it (~{spent / done:.0f}s each)"
+    return None
+
+
 class Budgeted:
     """Evaluation cache with an iteration and time cap."""
 
@@ -86,13 +96,7 @@ class Budgeted:
         next candidate if it takes as long as the ones so far took on average (recoveries included)."""
         if self.evaluations >= self.limits.max_candidates:
             return f"candidate cap ({self.limits.max_candidates}) reached"
-        spent, cap = self.elapsed(), self.limits.time_limit_s
-        if spent >= cap:
-            return f"time cap ({cap:.0f}s) reached"
-        if self.evaluations and spent + self.per_candidate() > cap:
-            return (f"time cap ({cap:.0f}s): {spent:.0f}s spent, the next candidate would end past it "
-                    f"(~{self.per_candidate():.0f}s each)")
-        return None
+        return time_cap_reason(self.elapsed(), self.evaluations, self.limits.time_limit_s)
 
     def elapsed(self) -> float:
         return self.clock() - self.start

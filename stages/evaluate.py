@@ -232,6 +232,18 @@ def metric_info(metric: str) -> dict:
             "needs_labels": ev.needs_labels, "summary": ev.summary}
 
 
+def evaluate_with_classes(metric: str, runner, data: Dataset, labeled: bool,
+                          batch_size: int = 64) -> tuple[float, dict | None]:
+    """``evaluate``, and for top-1 against one class label a sample also :func:`class_gap`, from the same single
+    pass (a device evaluation is not repeated); ``None`` for other metrics and labels."""
+    scalar = len(data) > 0 and torch.as_tensor(data[0][1]).ndim == 0
+    if not (labeled and EVALUATORS.get(metric).name == "top1" and scalar):
+        return evaluate(metric, runner, data, batch_size), None
+    counts = per_class_accuracy(runner, data, batch_size)
+    right, total = sum(c for c, _ in counts.values()), sum(n for _, n in counts.values())
+    return 100.0 * right / max(total, 1), class_gap(counts)
+
+
 def evaluate(metric: str, runner, data: Dataset, batch_size: int = 64) -> float:
     """Score ``runner`` on ``data`` with the registered evaluator ``metric``."""
     return EVALUATORS.get(metric)(runner, data, batch_size)

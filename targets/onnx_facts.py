@@ -51,16 +51,17 @@ def onnx_facts(path: Path) -> OnnxFacts:
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def onnx_params_macs(path: Path, sample: tuple[int, ...]) -> tuple[int, int | None]:
+def onnx_params_macs(model, sample: tuple[int, ...]) -> tuple[int, int | None]:
     """Parameters (elements of floating-point initializers) and multiply-accumulates of one sample, counted from
-    the ONNX graph: Conv, ConvTranspose, Gemm and MatMul after shape inference with batch 1 and ``sample`` as the
+    the ONNX graph ``model`` (an ``onnx.ModelProto``, loaded without external data): Conv, ConvTranspose, Gemm and MatMul after shape inference with batch 1 and ``sample`` as the
     first input's other dims (a multi-input file: every input of that shape). ``None`` MACs when the shapes
     cannot be inferred. Elementwise ops, norms and softmax are not counted (as in the pipeline's own count)."""
     import math
 
     import onnx
 
-    m = onnx.load(str(path), load_external_data=False)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)  # the input dims are fixed below for shape inference: the caller's model stays as it is
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
     params = sum(math.prod(t.dims) for t in m.graph.initializer if t.data_type in floats)
     inits = {i.name for i in m.graph.initializer}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError, StageError
-from search.base import SearchLimits, TuneResult
+from search.base import SearchLimits, TuneResult, time_cap_reason
 from search.budget import Budgets
 from search.optuna.choose import choose_final
 from search.optuna.space import (
@@ -75,11 +75,9 @@ def evaluate_trials(study, ev, spec: SearchSpec, *, n_trials: int | None = None,
     while True:
         if n_trials is not None and done >= n_trials:
             return done, f"{n_trials} trials evaluated by this process"
-        if timeout_s is not None and clock() - start >= timeout_s:
-            return done, f"time cap ({timeout_s:.0f}s) reached"
-        if timeout_s is not None and done and (clock() - start) * (done + 1) / done > timeout_s:
-            return done, (f"time cap ({timeout_s:.0f}s): the next trial would end past it "
-                          f"(~{(clock() - start) / done:.0f}s each)")
+        why = None if timeout_s is None else time_cap_reason(clock() - start, done, timeout_s, "trial")
+        if why:
+            return done, why
         if study.user_attrs.get(CLOSED_KEY):
             return done, "the run closed the study"
         trials = study.get_trials(deepcopy=False)

@@ -33,6 +33,14 @@ def pw_kind(min_weight: float = 0.75, gamma: float = 5.0) -> str:
     return f"pw:{min_weight:g}:{gamma:g}"
 
 
+def pw_weights(teacher_logits: torch.Tensor, y: torch.Tensor, min_weight: float = 0.75,
+               gamma: float = 5.0) -> torch.Tensor:
+    """``A + (1 - A) * (1 - p)^G`` per sample, ``p`` the teacher's softmax probability of the label ``y``."""
+    soft = F.softmax(teacher_logits.detach(), dim=-1)
+    onehot = (torch.arange(soft.shape[-1], device=soft.device) == y.long().reshape(-1, 1)).to(soft.dtype)
+    return min_weight + (1 - min_weight) * (1 - (soft * onehot).sum(-1)).pow(gamma)
+
+
 def pw_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, min_weight: float = 0.75,
                      gamma: float = 5.0) -> torch.Tensor:
     """``mean_i w_i * CE(logits_i, t_i)``: ``w_i = A + (1 - A) (1 - p_i)^G`` with ``p_i`` the teacher's
@@ -42,10 +50,8 @@ def pw_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, y: torc
     soft = F.softmax(teacher_logits.detach(), dim=-1)
     yy = y.long().reshape(-1, 1)
     onehot = (torch.arange(logits.shape[-1], device=logits.device) == yy).to(logits.dtype)
-    p = (soft * onehot).sum(-1)
-    right = (soft.argmax(-1, keepdim=True) == yy)
-    target = torch.where(right, soft, onehot)
-    weight = min_weight + (1 - min_weight) * (1 - p).pow(gamma)
+    target = torch.where(soft.argmax(-1, keepdim=True) == yy, soft, onehot)
+    weight = pw_weights(teacher_logits, y, min_weight, gamma)
     return (weight * -(target * F.log_softmax(logits, dim=-1)).sum(-1)).mean()
 
 

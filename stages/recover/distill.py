@@ -101,12 +101,6 @@ def loss_for(metric: str | None) -> str:
     return "feature" if metric in FEATURE_METRICS else "kl"
 
 
-def pw_weights(teacher_logits: torch.Tensor, y: torch.Tensor, min_weight: float, gamma: float) -> torch.Tensor:
-    """``a + (1 - a) * (1 - p)^g`` per sample, ``p`` the teacher's softmax probability of the label."""
-    p = F.softmax(teacher_logits, dim=1).gather(1, y.long().view(-1, 1)).squeeze(1)
-    return min_weight + (1 - min_weight) * (1 - p).pow(gamma)
-
-
 def pw_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, min_weight: float = 0.75,
             gamma: float = 5.0) -> torch.Tensor:
     """The performance-weighted cross-entropy (module doc; :func:`stages.model.losses.pw_cross_entropy`)."""

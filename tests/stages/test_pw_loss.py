@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from stages.evaluate import class_gap, per_class_accuracy
-from stages.recover.distill import pw_loss, pw_weights
+from stages.model.losses import pw_weights
+from stages.recover.distill import pw_loss
 
 
 def test_pw_weights_against_the_formula():

@@ -1,8 +1,9 @@
 """Checks that run before the work they protect, so a bad input stops a run early with one line.
 
 - :func:`check_names` (before any work, and by ``--dry-run``): the model / data / arch source
-  prefixes, the criterion and its options, the search for the objective, a ``--policy`` file,
-  paths the specs name.
+  prefixes, the criterion and its options, the search for the objective and the criterion
+  (``search: cswap`` prunes the plan of ``criterion: cswap``), a ``--policy`` file, paths the
+  specs name.
 - :func:`check_loaded` (in the load stage, before the baseline): what needs the model: the
   ``prune.ignore`` module names, that a ``--policy`` fits this model, labels that can measure
   anything (one class against a many-class model measures nothing).
@@ -38,9 +39,15 @@ def check_names(cfg) -> None:
     if cfg.policy:
         PruningPlan.from_file(Path(cfg.policy))
     else:
-        CRITERIA.get(cfg.criterion).resolve_options(cfg.criterion_options)
+        crit = CRITERIA.get(cfg.criterion)
+        options = crit.resolve_options(cfg.criterion_options)
         c = cfg.constraints
-        SEARCHES.get(cfg.search).check(cfg.objective, c.latency_ms is not None or c.speedup is not None)
+        search = SEARCHES.get(cfg.search)
+        search.check(cfg.objective, c.latency_ms is not None or c.speedup is not None, criterion=crit.name)
+        if search.needs_criterion == "cswap" and not options.get("progressive", True):
+            raise ConfigError(f"search '{search.name}' needs the plan of criterion cswap's progressive procedure, "
+                              "and criterion option progressive is off",
+                              hint="drop criterion option progressive=false (on is the default)")
 
 
 def check_loaded(cfg, lm, data) -> None:

@@ -2,7 +2,8 @@
 
 Strategies register in :data:`SEARCHES` (:mod:`search.registry`); the built-in ones are imported
 here so that ``SEARCHES`` lists them: ``global`` (:mod:`search.global_ratio`), ``greedy``
-(:mod:`search.greedy`, priced by :mod:`search.lut`) and ``optuna`` (:mod:`search.optuna`).
+(:mod:`search.greedy`, priced by :mod:`search.lut`), ``optuna`` (:mod:`search.optuna`) and
+``cswap`` (:mod:`search.cswap`: no search, C-SWAP's own plan).
 Shared pieces: :mod:`search.base` (candidate, limits, the search frame), :mod:`search.budget`
 (budgets in the user's units, the one verdict), :mod:`search.evaluator` (real candidates on a
 real target), :mod:`search.families` (groups that share a keep ratio).
@@ -10,7 +11,7 @@ real target), :mod:`search.families` (groups that share a keep ratio).
 
 from __future__ import annotations
 
-from search import global_ratio, greedy, optuna  # noqa: F401 - register the built-in searches
+from search import cswap, global_ratio, greedy, optuna  # noqa: F401 - register the built-in searches
 from search.registry import SEARCHES, Search, SearchContext, SearchOutcome, TuneSettings, register
 
 __all__ = ["SEARCHES", "Search", "SearchContext", "SearchOutcome", "TuneSettings", "register"]

@@ -53,7 +53,9 @@ class SearchContext:
     ``lut_key`` names what a cached latency table depends on (target description, input shape,
     the unpruned ONNX's sha256, batch); ``example`` is one input batch (layer MAC terms);
     ``run_spec()`` gives what remote ``pipeline worker`` processes need to rebuild the evaluator
-    (a callable: only a search with workers pays for the model fingerprint).
+    (a callable: only a search with workers pays for the model fingerprint). ``proposal`` is the
+    criterion's own plan, channels to keep per group id, where it makes one
+    (``ScoreResult.proposal``: C-SWAP's progressive procedure), else ``None``.
     """
 
     evaluator: Any
@@ -70,6 +72,7 @@ class SearchContext:
     run_spec: Callable[[], Mapping[str, Any]] | None = None
     log: Callable[[str], None] = lambda s: None
     progress: ProgressBar = lambda what: nullcontext(None)
+    proposal: Mapping[str, int] | None = None  # channels to keep per group, where the criterion decided (C-SWAP)
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Search:
         needs_latency: It needs a latency or speedup budget.
         uses_allocation: A criterion's per-group allocation (SBPF) shares its ratio out.
         options: The ``tune.*`` keys it reads (listed by ``pipeline searches``).
+        needs_criterion: The criterion whose plan it prunes (``ScoreResult.proposal``), if any.
     """
 
     name: str
@@ -101,28 +105,43 @@ class Search:
     needs_latency: bool = False
     uses_allocation: bool = False
     options: tuple[str, ...] = ()
+    needs_criterion: str | None = None
 
-    def check(self, objective: str, has_latency_budget: bool) -> None:
-        """Refuse an objective or budget this search cannot serve, before any work."""
+    @property
+    def needs_budget(self) -> bool:
+        """Whether the objective needs its budget (``RunConfig`` checks): not for a search that prunes a
+        criterion's plan, since the criterion decides how much; its budgets are only reported."""
+        return self.needs_criterion is None
+
+    def check(self, objective: str, has_latency_budget: bool, criterion: str | None = None) -> None:
+        """Refuse an objective, budget or criterion (its registered name; ``None``: not checked) this search
+        cannot serve, before any work."""
         if objective not in self.objectives or (self.needs_latency and not has_latency_budget):
             what = " with a latency or speedup budget" if self.needs_latency else ""
-            others = [n for n, s in SEARCHES.items() if objective in s.objectives and n != self.name]
+            others = [n for n, s in SEARCHES.items()
+                      if objective in s.objectives and n != self.name and s.needs_criterion is None]
             raise ConfigError(f"search '{self.name}' needs objective {' or '.join(self.objectives)}{what}",
                               hint=f"use --search {' or '.join(others)} for the {objective} objective" if others
                               else "see `pipeline searches`")
+        if self.needs_criterion is not None and criterion is not None and criterion != self.needs_criterion:
+            others = [n for n, s in SEARCHES.items() if objective in s.objectives and s.needs_criterion is None]
+            raise ConfigError(f"search '{self.name}' prunes the plan of criterion '{self.needs_criterion}', "
+                              f"not of '{criterion}'",
+                              hint=f"use --criterion {self.needs_criterion}, or --search {' or '.join(others)} "
+                                   f"with criterion '{criterion}'")
 
 
 SEARCHES: Registry[Search] = Registry("search", "searches")
 
 
 def register(name: str, *, summary: str, objectives: tuple[str, ...] = OBJECTIVES, needs_latency: bool = False,
-             uses_allocation: bool = False, options: tuple[str, ...] = ()
+             uses_allocation: bool = False, options: tuple[str, ...] = (), needs_criterion: str | None = None
              ) -> Callable[[Callable[[SearchContext], SearchOutcome]], Callable[[SearchContext], SearchOutcome]]:
     """Decorator: register ``run(ctx) -> SearchOutcome`` as search ``name``."""
 
     def deco(fn: Callable[[SearchContext], SearchOutcome]) -> Callable[[SearchContext], SearchOutcome]:
         SEARCHES.add(name, Search(name, fn, summary, tuple(objectives), needs_latency, uses_allocation,
-                                  tuple(options)))
+                                  tuple(options), needs_criterion))
         return fn
 
     return deco

@@ -73,6 +73,8 @@ class ScoreResult:
     - ``blocks``: per removable block (module name), an importance (LD-Pruner): the lowest go first
       under depth pruning.
     - ``passes``: forward/backward passes spent, for the benchmark's cost columns.
+    - ``proposal``: channels to keep per group id, for a criterion that also decides how much to
+      prune (C-SWAP's progressive procedure); ``search: cswap`` prunes exactly this.
     """
 
     scores: dict[str, torch.Tensor]
@@ -81,6 +83,7 @@ class ScoreResult:
     passes: dict[str, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # the resolved options it ran with
+    proposal: dict[str, int] | None = None  # channels to keep per group id (a criterion that decides how much)
 
 
 ScoreFn = Callable[[ScoreContext], "dict[str, torch.Tensor] | ScoreResult"]

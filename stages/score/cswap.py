@@ -28,6 +28,11 @@ growing ``|xi|``, so once chunks keep failing the rest rarely pass. It never emp
 last channel of a group is always kept: a plan cannot remove a whole group). No weights change;
 no fine-tuning.
 
+Plan. With ``progressive`` on, ``ScoreResult.proposal`` is the procedure's own answer to *how
+much*: per group, its width minus its accepted channels. ``search: cswap``
+(:mod:`search.cswap`) prunes exactly that, with no fine-tuning; the other searches ignore it
+and use the ranking below.
+
 Scores. The procedure becomes a ranking: accepted channels get the lowest scores, in acceptance
 order (first accepted = lowest), and all other channels score their ``xi``, above every accepted
 one. Keeping the top-k channels of a group at any ratio therefore prunes a prefix of the
@@ -288,8 +293,10 @@ def cswap(ctx: ScoreContext) -> ScoreResult:
         order, stats = progressive(cands, widths, evaluate, base, chunk=max(1, round(o["chunk"] * total)),
                                    budget=budget, tolerance=o["tolerance"], patience=o["patience"])
         meta.update({"accepted": len(order), "heldout_samples": n - n_score, "heldout_base": base, **stats})
+        gone = Counter(g for g, _ in order)
+        proposal: dict[str, int] | None = {g.id: g.width - gone[g.id] for g in groups}
     else:
-        order = cands[:budget]
+        order, proposal = cands[:budget], None
         meta.update({"accepted": 0, "ordered_unverified": len(order)})
     rows_used = runner.rows + extra_rows
     meta["seconds"] = {"scoring": round(t_scored - t0, 2), "progressive": round(time.perf_counter() - t_scored, 2)}
@@ -297,4 +304,4 @@ def cswap(ctx: ScoreContext) -> ScoreResult:
                  "engines": sorted(set(runner.engines.values())),
                  "xi": {g: [round(float(v), 8) for v in x] for g, x in xi.items()}})
     return ScoreResult(ranking_scores(xi, order), passes={"forward": math.ceil(rows_used / max(1, ctx.batch_size))},
-                       meta=meta)
+                       meta=meta, proposal=proposal)

@@ -80,6 +80,7 @@ def test_xi_and_classes_by_hand():
     # not progressive: candidates in order (detrimental h2, then neutral h1) score lowest, then xi
     assert sc[2] < sc[1] < sc[0] and float(sc[0]) == pytest.approx(float(expected[0]), abs=1e-6)
     assert res.passes["forward"] >= 1
+    assert res.proposal is None  # no verified procedure, no plan
 
 
 def test_mean_intervention_by_hand():
@@ -111,6 +112,7 @@ def test_progressive_undoes_a_breaking_chunk_and_swaps_in_its_good_half():
     assert meta["heldout_final"] >= meta["heldout_base"] - 1.0
     sc = res.scores["fc1"]
     assert sc[2] < sc[1] < sc[0]  # accepted h2 lowest; then by xi: h1 (0) below h0 (> 0)
+    assert res.proposal == {"fc1": 2}  # the plan search 'cswap' prunes: width 3 - 1 accepted
 
 
 def test_progressive_never_keeps_a_chunk_that_breaks_the_tolerance():
@@ -134,6 +136,25 @@ def test_progressive_never_keeps_a_chunk_that_breaks_the_tolerance():
     for k in range(1, len(order) + 1):  # every accepted prefix is within the tolerance
         assert evaluate({"g": [c for _, c in order[:k]]}) >= 99.0
     assert not bad & set(order)
+
+
+def test_progressive_floor_holds_when_channels_interact():
+    """Damage that is not additive (pairs hurt together, a channel hurts only after another went): every
+    evaluation the procedure accepted, and the final accepted set, stay within the tolerance."""
+    gen = torch.Generator().manual_seed(0)
+    pair = torch.rand(24, 24, generator=gen) * 1.5
+
+    def evaluate(removed):
+        r = [c for cs in removed.values() for c in cs]
+        return 100.0 - sum(float(pair[i, j]) for i in r for j in r if i < j) / 4 - 0.9 * (7 in r and 3 in r)
+
+    cands = [("g", i) for i in range(24)]
+    for chunk in (1, 3, 5, 8):
+        order, st = progressive(cands, {"g": 30}, evaluate, 100.0, chunk=chunk, budget=24, tolerance=1.0)
+        assert order and all(e["metric"] >= 99.0 for e in st["trace"] if e["accepted"])
+        assert evaluate({"g": [c for _, c in order]}) >= 99.0 - 1e-9
+        assert st["heldout_final"] == pytest.approx(evaluate({"g": [c for _, c in order]}))
+        assert any(not e["accepted"] for e in st["trace"])  # the case does break the floor somewhere
 
 
 def test_progressive_patience_stops_after_fruitless_chunks():

@@ -183,6 +183,18 @@ def criteria(pattern: Annotated[str, typer.Argument(help="glob over names")] = "
 
 
 @app.command()
+def recoveries(pattern: Annotated[str, typer.Argument(help="glob over names")] = "*") -> None:
+    """List the recovery methods (--recovery-method): what each does, its options and its source paper."""
+    from stages.recover import RECOVERIES
+
+    rows = []
+    for name in RECOVERIES.names(pattern):
+        m = RECOVERIES.get(name)
+        rows.append((name, m.summary, m.source or "-", ", ".join(f"{k}={v}" for k, v in m.params.items()) or "-"))
+    _print_table(("method", "what", "source", "options"), rows)
+
+
+@app.command()
 def searches(pattern: Annotated[str, typer.Argument(help="glob over names")] = "*") -> None:
     """List the search strategies: the objectives each serves and the tune.* keys it reads."""
     from search import SEARCHES
@@ -191,7 +203,8 @@ def searches(pattern: Annotated[str, typer.Argument(help="glob over names")] = "
     for name in SEARCHES.names(pattern):
         s = SEARCHES.get(name)
         needs = ", ".join(k for k, v in (("latency budget", s.needs_latency), ("criterion allocation (optional)",
-                                                                                s.uses_allocation)) if v)
+                                                                                s.uses_allocation),
+                                         (f"--criterion {s.needs_criterion}", s.needs_criterion)) if v)
         rows.append((name, ", ".join(s.objectives), needs, s.summary, ", ".join(s.options)))
     _print_table(("search", "objectives", "needs", "what", "tune options"), rows)
 

@@ -84,7 +84,10 @@ class PruneConfig(_Frozen):
 
 
 class RecoveryConfig(_Frozen):
-    method: Literal["distill", "none"] = "distill"
+    # a registered recovery method (`pipeline recoveries`): distill | dpm | maskprune | none; unset: distill,
+    # or none with search: cswap (C-SWAP prunes without fine-tuning; RunConfig._default_recovery)
+    method: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)  # the method's own parameters (`pipeline recoveries`)
     steps: int = Field(150, ge=0)
     tune_steps: int = Field(30, ge=0)
     batch_size: int = Field(64, ge=1)
@@ -107,6 +110,30 @@ class RecoveryConfig(_Frozen):
     soft_beta: float = Field(0.01, ge=0)
     soft_eta: float = Field(1.0, gt=0)
     soft_rescore: int = Field(0, ge=0)
+
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, v: str | None) -> str | None:
+        from core.errors import PipelineError
+        from stages.recover import RECOVERIES
+
+        if v is None:
+            return v
+        try:
+            return RECOVERIES.get(v).name
+        except PipelineError as e:
+            raise ValueError(f"{e.message} ({e.hint})") from None
+
+    @model_validator(mode="after")
+    def _known_options(self) -> RecoveryConfig:
+        from core.errors import PipelineError
+        from stages.recover import RECOVERIES
+
+        try:
+            RECOVERIES.get(self.method or "distill").resolve_options(self.options)
+        except PipelineError as e:
+            raise ValueError(f"{e.message} ({e.hint})") from None
+        return self
 
 
 class ExportConfig(_Frozen):
@@ -178,6 +205,19 @@ class RunConfig(_Frozen):
     measure: MeasureConfig = MeasureConfig()
     tune: TuneConfig = TuneConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_recovery(cls, data: Any) -> Any:
+        """An unset ``recovery.method``: ``none`` with ``search: cswap``, else ``distill``."""
+        if not isinstance(data, dict):
+            return data
+        rec = data.get("recovery")
+        rec = rec.model_dump(exclude_unset=True) if isinstance(rec, BaseModel) else dict(rec or {})
+        if rec.get("method") is None:
+            rec["method"] = "none" if data.get("search") == "cswap" else "distill"
+            return {**data, "recovery": rec}
+        return data
+
     @field_validator("input_shape")
     @classmethod
     def _bounded_shape(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -229,19 +269,23 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="after")
     def _objective_has_budget(self) -> RunConfig:
+        from search import SEARCHES
+
         c = self.constraints
-        if self.objective == "latency" and c.latency_ms is None and c.speedup is None:
-            raise ValueError("objective 'latency' needs constraints.latency_ms or constraints.speedup")
-        if self.objective == "memory" and c.memory_mb is None:
-            raise ValueError("objective 'memory' needs constraints.memory_mb")
-        if self.objective == "accuracy" and c.max_accuracy_drop is None:
-            raise ValueError("objective 'accuracy' needs constraints.max_accuracy_drop")
+        if SEARCHES.get(self.search).needs_budget or self.policy:
+            if self.objective == "latency" and c.latency_ms is None and c.speedup is None:
+                raise ValueError("objective 'latency' needs constraints.latency_ms or constraints.speedup")
+            if self.objective == "memory" and c.memory_mb is None:
+                raise ValueError("objective 'memory' needs constraints.memory_mb")
+            if self.objective == "accuracy" and c.max_accuracy_drop is None:
+                raise ValueError("objective 'accuracy' needs constraints.max_accuracy_drop")
         r = self.recovery
         if r.soft_steps and r.soft_steps > r.steps:
             raise ValueError(f"recovery.soft_steps ({r.soft_steps}) exceeds recovery.steps ({r.steps}): "
                              "the soft steps are part of recovery.steps")
-        if r.soft_steps and self.prune.sparsity:
-            raise ValueError("recovery.soft_steps is not combined with prune.sparsity yet: drop one of them")
+        if (r.soft_steps or r.method in ("dpm", "maskprune")) and self.prune.sparsity:
+            what = f"recovery.method {r.method}" if r.method in ("dpm", "maskprune") else "recovery.soft_steps"
+            raise ValueError(f"{what} is not combined with prune.sparsity yet: drop one of them")
         return self
 
 

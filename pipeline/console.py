@@ -98,6 +98,9 @@ class Console:
         if pc:
             t.add_row("worst class (gap to best)", *(f"{x['worst']:.1f}% ({x['gap']:.1f})"
                                                      for x in (pc["baseline"], pc["final"])))
+            if pc["baseline"].get("groups") and pc["final"].get("groups"):
+                t.add_row("worst group (gap to best)", *(f"{x['groups']['worst']:.1f}% ({x['groups']['gap']:.1f})"
+                                                         for x in (pc["baseline"], pc["final"])))
         t.add_row("MACs (M)", f"{b['macs'] / 1e6:.1f}", f"{f['macs'] / 1e6:.1f}")
         t.add_row("params (M)", f"{b['params'] / 1e6:.3f}", f"{f['params'] / 1e6:.3f}")
         self.out.print(t)

@@ -17,6 +17,7 @@ from typing import Any
 from core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from core.stats import Interval
 from pipeline.config import RunConfig
+from pipeline.report_recovery import PLOT, recovery_lines, recovery_png, recovery_section
 from pipeline.settings import allowed_drop
 from pipeline.versions import versions
 from search.budget import Budgets, Observed, verdict
@@ -31,8 +32,14 @@ BUDGET_ADVICE = ("to reach the budget: let the search go further (tune.max_candi
                  "prune.max_ratio), or check that the target turns fewer channels into less time "
                  "(bench/speedup_realization.py); --target-option and measure.threads change what is timed")
 
+CSWAP_BUDGET_ADVICE = ("search cswap prunes only what C-SWAP's procedure accepted and does not chase the budget: let "
+                       "the procedure go further (--criterion-option tolerance=..., max_fraction, patience=0), or "
+                       "use a search that chases it (--search global or greedy, e.g. with --criterion magnitude-l2); "
+                       "odd widths (prune.round_to: 1) may not turn into less time on this target "
+                       "(bench/cswap_procedure.py)")
 
-def _advice(status: str, budgets: Budgets, observed: Observed) -> str | None:
+
+def _advice(status: str, budgets: Budgets, observed: Observed, budget_advice: str = BUDGET_ADVICE) -> str | None:
     """What to try next: for an inconclusive verdict, or for each kind of budget that was missed."""
     if status == "inconclusive":
         return INCONCLUSIVE_ADVICE
@@ -40,7 +47,7 @@ def _advice(status: str, budgets: Budgets, observed: Observed) -> str | None:
         return None
     out = []
     if not budgets.resources_met(observed):
-        out.append(BUDGET_ADVICE)
+        out.append(budget_advice)
     if not budgets.accuracy_met(observed.accuracy):
         out.append(FLOOR_ADVICE)
     return "; ".join(out) or None
@@ -71,7 +78,8 @@ def constraints_section(cfg: RunConfig, base: dict, final: dict, speedup: float,
     return {"latency_ms": c.latency_ms, "speedup": c.speedup, "memory_mb": c.memory_mb,
             "max_accuracy_drop": drop, "floor": _floor_state(c, drop, synthetic), "met": v.met, "verdict": v.status,
             "violations": v.violations, "undecided": v.undecided,
-            "advice": _advice(v.status, budgets, observed),
+            "advice": _advice(v.status, budgets, observed,
+                              CSWAP_BUDGET_ADVICE if cfg.search == "cswap" and not cfg.policy else BUDGET_ADVICE),
             "intervals": {k: iv.to_json() for k, iv in ivs.items()},
             "accuracy_intervals": measured.get("accuracy_intervals"), "warnings": warnings}
 
@@ -125,13 +133,15 @@ def build_report(state: Any) -> dict:
         "tune": {"stop_reason": tune.get("stop_reason"), "budgets": tune.get("budgets"),
                  "evaluations": tune.get("evaluations"),  # full-model measurements the search made
                  "uniform": tune.get("uniform"),
-                 "lut_calibration": tune.get("lut_calibration")},
+                 "lut_calibration": tune.get("lut_calibration"),
+                 "cswap": tune.get("cswap")},  # search: cswap: how far the procedure got, what its plan costs
         "plots": {"pareto": "pareto.png", "keep_ratios": "keep_ratios.png",
                   "lut_calibration": "lut_calibration.png" if _lut_points(tune.get("lut_calibration")) else None},
         "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3)} for r in state.records],
         "versions": versions(),
         "sparsity": sparsity_section(state),
         "per_class": state.final.get("per_class"),  # top1 with labels: per-class accuracy, worst class, gap
+        "recovery": recovery_section(state),  # method, phase, swaps, loss / metric curve (recovery.png)
     }
 
 
@@ -190,6 +200,11 @@ def write_report(run_dir: Path, report: dict) -> None:
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_bytes(run_dir / "pareto.png", pareto_png(report))
     atomic_write_bytes(run_dir / "keep_ratios.png", keep_ratios_png(report))
+    rec_png = recovery_png(report, _figure, _png)
+    if rec_png is not None:
+        atomic_write_bytes(run_dir / PLOT, rec_png)
+    else:
+        (run_dir / PLOT).unlink(missing_ok=True)
     if report["plots"].get("lut_calibration"):
         atomic_write_bytes(run_dir / "lut_calibration.png", lut_calibration_png(report))
     else:  # a rerun without a LUT must not leave an old plot that the report no longer describes
@@ -360,6 +375,21 @@ def _interval_lines(r: dict) -> list[str]:
     return lines
 
 
+def _cswap_lines(cs: dict | None) -> list[str]:
+    """``search: cswap``: what C-SWAP's procedure accepted, what was pruned, what it bought (no search)."""
+    if not cs:
+        return []
+    spd = f"{cs['speedup']:.2f}x measured speedup" if cs.get("speedup") else "no measured speedup"
+    met = {True: "met", False: "**not met** (reported, not chased)", None: "-"}[cs.get("budgets_met")]
+    inexact = f" Groups whose width differs from the plan (whole heads): {', '.join(cs['inexact'])}." \
+        if cs.get("inexact") else ""
+    pruned = "" if cs.get("pruned") == cs["accepted"] else \
+        f", {cs.get('pruned')} pruned (kept widths rounded up to prune.round_to {cs.get('round_to')})"
+    return [f"C-SWAP's progressive procedure (no search, no fine-tuning) accepted {cs['accepted']} of "
+            f"{cs['channels']} channels ({100 * cs['fraction']:.1f}%){pruned}: {spd}; resource budgets "
+            f"{met}.{inexact}", ""]
+
+
 def _per_class_lines(pc: dict | None) -> list[str]:
     """Per-class test accuracy before and after, the worst class and the best-to-worst gap (fairness)."""
     if not pc:
@@ -369,11 +399,24 @@ def _per_class_lines(pc: dict | None) -> list[str]:
              f"Worst class: baseline `{b['worst_class']}` {b['worst']:.2f}%, final `{f['worst_class']}` "
              f"{f['worst']:.2f}%; gap best - worst: {b['gap']:.2f} -> {f['gap']:.2f} points.", "",
              "| class | samples | baseline % | final % | change |", "|---|---:|---:|---:|---:|"]
+    lines += _accuracy_rows(b, f)
+    if b.get("groups") and f.get("groups"):
+        bg, fg = b["groups"], f["groups"]
+        lines += ["", "### Per group (the data source's test_groups)", "",
+                  f"Worst group: baseline `{bg['worst_class']}` {bg['worst']:.2f}%, final `{fg['worst_class']}` "
+                  f"{fg['worst']:.2f}%; gap best - worst: {bg['gap']:.2f} -> {fg['gap']:.2f} points.", "",
+                  "| group | samples | baseline % | final % | change |", "|---|---:|---:|---:|---:|"]
+        lines += _accuracy_rows(bg, fg)
+    return lines
+
+
+def _accuracy_rows(b: dict, f: dict) -> list[str]:
+    rows = []
     for k, n in b["samples"].items():
         x, y = b["accuracy"][k], f["accuracy"].get(k)
-        lines.append(f"| {k} | {n} | {x:.2f} | {'-' if y is None else f'{y:.2f}'} | "
-                     f"{'' if y is None else f'{y - x:+.2f}'} |")
-    return lines
+        rows.append(f"| {k} | {n} | {x:.2f} | {'-' if y is None else f'{y:.2f}'} | "
+                    f"{'' if y is None else f'{y - x:+.2f}'} |")
+    return rows
 
 
 def _metric_lines(m: dict | None) -> list[str]:
@@ -447,8 +490,10 @@ def markdown(r: dict) -> str:
                   f"the zeros: {sp['note']}. The `jetson` / `tensorrt` targets turn a 2:4 pattern into "
                   f"speed on Orin with `SPARSE_WEIGHTS`."]
     lines += _per_class_lines(r.get("per_class"))
-    lines += ["", "## Search", "", f"Stop reason: {r['tune'].get('stop_reason')}", "",
-              "![accuracy vs measured latency](pareto.png)", ""]
+    lines += recovery_lines(r.get("recovery"), (r.get("metric") or {}).get("name"))
+    lines += ["", "## Search", "", f"Stop reason: {r['tune'].get('stop_reason')}", ""]
+    lines += _cswap_lines((r.get("tune") or {}).get("cswap"))
+    lines += ["![accuracy vs measured latency](pareto.png)", ""]
     if r["candidates"]:
         lines += ["Candidates were measured during the search, interleaved with the unpruned model; "
                   "`speedup` is that in-process ratio, `latency ms` is the final baseline median divided by it.", "",

@@ -29,7 +29,7 @@ from stages.model.graph import PruneGraph
 from stages.model.masks import reapply_masks
 from stages.prune.apply import Pruner
 from stages.prune.plan import PruningPlan
-from stages.recover import distill
+from stages.recover import RECOVERIES, RecoveryJob
 from stages.score import CRITERIA, ScoreContext, ScoreResult
 from targets.base import build_engine
 from targets.ort.runner import OrtRunner
@@ -147,7 +147,8 @@ def s_score(state: RunState) -> dict:
     state.score_result = result
     atomic_torch_save(state.run_dir / "scores.pt", {"criterion": crit.name, "scores": state.scores,
                                                     "allocation": result.allocation, "blocks": result.blocks,
-                                                    "options": options, "passes": result.passes, "depth": depth})
+                                                    "options": options, "passes": result.passes, "depth": depth,
+                                                    "proposal": result.proposal})
     return {"criterion": crit.name, "groups": len(scores), "options": options, "passes": result.passes,
             **({"depth": depth} if depth else {}),
             "_summary": f"{crit.name}: {len(scores)} groups, {sum(len(v) for v in scores.values())} channels"
@@ -159,7 +160,7 @@ def r_score(state: RunState) -> None:
         saved = torch.load(state.run_dir / "scores.pt", weights_only=True)
         state.scores = saved["scores"]
         state.score_result = ScoreResult(saved["scores"], saved.get("allocation"), saved.get("blocks"),
-                                         saved.get("passes", {}))
+                                         saved.get("passes", {}), proposal=saved.get("proposal"))
         state.drop_blocks = tuple((saved.get("depth") or {}).get("dropped", ()))
 
 
@@ -206,7 +207,7 @@ def s_tune(state: RunState) -> dict:
     strategy = SEARCHES.get(cfg.search)
     base_ms = state.baseline["record"]["latency_ms"]["median"]
     budgets = settings.budgets(cfg, state.baseline["calib_accuracy"], state.data.synthetic)
-    strategy.check(cfg.objective, budgets.has_latency)
+    strategy.check(cfg.objective, budgets.has_latency, criterion=CRITERIA.get(cfg.criterion).name)
     model = _base(state)  # depth-pruned when prune.depth_blocks > 0
     groups = _graph(state, copy.deepcopy(model)).groups()
     allocation = getattr(state.score_result, "allocation", None) if strategy.uses_allocation else None
@@ -217,7 +218,8 @@ def s_tune(state: RunState) -> dict:
     ctx = SearchContext(ev, groups, cfg.objective, budgets, settings.search_limits(cfg),
                         settings.tune_settings(cfg, state.run_dir), cfg.prune.round_to, base_ms, seed=cfg.seed,
                         lut_key=_lut_key(state), example=_example(state, 1), run_spec=lambda: _run_spec(state, groups),
-                        log=state.ui.note, progress=lambda what: _search_bar(state, what))
+                        log=state.ui.note, progress=lambda what: _search_bar(state, what),
+                        proposal=getattr(state.score_result, "proposal", None))
     outcome = strategy.run(ctx)
     res = outcome.result
     shutil.rmtree(state.run_dir / "candidates", ignore_errors=True)
@@ -227,8 +229,9 @@ def s_tune(state: RunState) -> dict:
     plan = PruningPlan(plan.groups, plan.ignore, {**plan.meta, "criterion": cfg.criterion, "objective": cfg.objective},
                        state.drop_blocks)
     state.plan = plan
-    state.tune = {"budgets": budgets.to_json(), "stop_reason": res.stop_reason, "log": res.log,
-                  "candidates": [c.to_json() for c in res.candidates], "evaluations": ev.evaluations, **outcome.extra}
+    state.tune = {"search": strategy.name, "budgets": budgets.to_json(), "stop_reason": res.stop_reason,
+                  "log": res.log, "candidates": [c.to_json() for c in res.candidates], "evaluations": ev.evaluations,
+                  **outcome.extra}
     write_json(state, "policy.json", plan.to_json())
     write_json(state, "candidates.json", state.tune)
     ch, limit = res.chosen, budgets.latency_limit_ms(base_ms)
@@ -321,49 +324,50 @@ def r_prune(state: RunState) -> None:
 # ------------------------------------------------------------------ recover
 
 def s_recover(state: RunState) -> dict:
-    r = state.cfg.recovery
-    out = state.run_dir / "pruned.pt"
-    if r.method == "none" or r.steps == 0 or (all(len(g.keep) == g.width for g in state.plan.groups)
-                                              and not state.plan.drop_blocks):
-        save_pruned(out, state.pruned, state.plan, state.loaded.spec)
-        return {"_status": "skipped", "_summary": "no recovery configured" if r.steps == 0 or r.method == "none"
-                else "nothing pruned"}
-    if r.soft_steps:
-        student, rec = _soft_recover(state)
-    else:
-        student = copy.deepcopy(state.pruned)
-        masks = _saved_masks(state)
-        with state.ui.progress("distill", r.steps) as tick:
-            def on_step(step: int, loss: float) -> None:
-                if masks:  # prune.sparsity: the zeros must not grow back
-                    reapply_masks(student, masks)
-                tick(step, loss)
+    from stages.recover.soft import SoftSettings
 
-            rec = distill(student, state.loaded.module, state.data.train, distill_settings(state.cfg, r.steps, state.data.metric),
-                          state.data.labeled, on_step=on_step)
-    state.pruned = student
-    save_pruned(out, student, state.plan, state.loaded.spec)
-    acc = evaluate(state.data.metric, TorchRunner(student), state.data.calib)
-    soft = f" ({r.soft_steps} with soft masks)" if r.soft_steps else ""
-    return {**rec, "calib_accuracy": acc, "_summary": f"{r.steps} steps KD{soft}; calib {state.data.metric} "
-                                                      f"{format_score(state.data.metric, acc, state.data.calib)}"}
+    r = state.cfg.recovery
+    method = RECOVERIES.get(r.method or "distill")
+    out = state.run_dir / "pruned.pt"
+    if not method.trains or r.steps == 0 or (all(len(g.keep) == g.width for g in state.plan.groups)
+                                             and not state.plan.drop_blocks):
+        save_pruned(out, state.pruned, state.plan, state.loaded.spec)
+        return {"_status": "skipped", "_summary": "no recovery configured" if r.steps == 0 or not method.trains
+                else "nothing pruned"}
+    masks = _saved_masks(state)
+    data, metric = state.data, state.data.metric
+    job = RecoveryJob(teacher=state.loaded.module, pruned=state.pruned, plan=state.plan, example_input=_example(state),
+                      train=data.train, calib=data.calib, settings=distill_settings(state.cfg, r.steps, metric),
+                      labeled=data.labeled, phase_steps=r.soft_steps, options=r.options,
+                      scores=getattr(state, "scores", None) or None,
+                      probe=lambda m: evaluate(metric, TorchRunner(m), data.calib),
+                      soft=SoftSettings(r.soft_steps, r.soft_beta, r.soft_eta, r.soft_rescore)
+                      if r.soft_steps and method.name == "distill" else None,
+                      hold=(lambda m: reapply_masks(m, masks)) if masks else None)
+    with state.ui.progress(_recovery_label(method.name, r.soft_steps), r.steps) as tick:
+        job.on_step = tick
+        done = method(job)
+    state.pruned, state.plan = done.model, done.plan
+    save_pruned(out, done.model, done.plan, state.loaded.spec)
+    acc = evaluate(metric, TorchRunner(done.model), data.calib)
+    rec = {**done.record, "method": method.name}
+    phase = rec.get("phase") or {}
+    swaps = phase.get("swapped", phase.get("swapped_channels"))
+    extra = f", {swaps} swapped" if swaps else ""
+    return {**rec, "calib_accuracy": acc,
+            "_summary": f"{r.steps} steps {_recovery_label(method.name, r.soft_steps)}{extra}; calib {metric} "
+                        f"{format_score(metric, acc, data.calib)}"}
+
+
+def _recovery_label(method: str, soft_steps: int) -> str:
+    if method == "distill":
+        return f"KD ({soft_steps} with soft masks)" if soft_steps else "KD"
+    return method.upper() if method == "dpm" else method
 
 
 def _saved_masks(state: RunState) -> dict | None:
     path = state.run_dir / "masks.pt"
     return torch.load(path, weights_only=True)["pruned"] if path.is_file() else None
-
-
-def _soft_recover(state: RunState):
-    """``recovery.soft_steps > 0``: gradient-flow soft masks on the unpruned model, then the plan's
-    hard removal, then plain KD for the remaining steps (``stages/recover/soft.py``)."""
-    from stages.recover.soft import SoftSettings, soft_prune
-
-    r = state.cfg.recovery  # soft_steps <= steps and no prune.sparsity: checked by RunConfig
-    with state.ui.progress("soft masks + distill", r.steps) as tick:
-        return soft_prune(state.loaded.module, state.plan, _example(state), state.data.train, state.data.calib,
-                          SoftSettings(r.soft_steps, r.soft_beta, r.soft_eta, r.soft_rescore),
-                          distill_settings(state.cfg, r.steps, state.data.metric), state.data.labeled, on_step=tick)
 
 
 def r_recover(state: RunState) -> None:
@@ -407,7 +411,8 @@ def s_measure(state: RunState) -> dict:
     accs, classes = [], []
     for eng in (base_engine, final_engine):
         with state.target.runner(eng) as r:
-            acc, gap = evaluate_with_classes(data.metric, r, data.test, data.labeled)
+            acc, gap = evaluate_with_classes(data.metric, r, data.test, data.labeled,
+                                             groups=getattr(data, "test_groups", None))
             accs.append(acc)
             if gap is not None:
                 classes.append(gap)

@@ -29,7 +29,7 @@ and its test.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,14 +112,30 @@ def evaluate_top1(runner, data: Dataset, batch_size: int = 64) -> float:
 
 def per_class_accuracy(runner, data: Dataset, batch_size: int = 64) -> dict[int, tuple[int, int]]:
     """Per class label: (correct, samples) of the output's argmax, for class logits with one label a sample."""
-    out: dict[int, list[int]] = {}
+    return class_and_group_counts(runner, data, batch_size)[0]
+
+
+def class_and_group_counts(runner, data: Dataset, batch_size: int = 64, groups: Sequence[object] | None = None
+                           ) -> tuple[dict[int, tuple[int, int]], dict | None]:
+    """In one pass: (correct, samples) per class label, and per ``groups[i]`` (one group per sample of ``data``,
+    in order) when given."""
+    per_class: dict[int, list[int]] = {}
+    per_group: dict[object, list[int]] = {}
+    i = 0
     for x, y in _batches(data, batch_size):
         pred = np.asarray(runner.run(x.numpy())).reshape(len(x), -1).argmax(1)
         for p, t in zip(pred.tolist(), y.numpy().reshape(-1).tolist()):
-            c = out.setdefault(int(t), [0, 0])
-            c[0] += int(p == int(t))
-            c[1] += 1
-    return {k: (v[0], v[1]) for k, v in sorted(out.items())}
+            hit = int(p == int(t))
+            for table, key in ((per_class, int(t)), *(((per_group, groups[i]),) if groups is not None else ())):
+                c = table.setdefault(key, [0, 0])
+                c[0] += hit
+                c[1] += 1
+            i += 1
+
+    def done(table: dict) -> dict:
+        return {k: (v[0], v[1]) for k, v in sorted(table.items(), key=lambda kv: (str(type(kv[0])), kv[0]))}
+
+    return done(per_class), (done(per_group) if groups is not None else None)
 
 
 def class_gap(counts: dict[int, tuple[int, int]]) -> dict:
@@ -232,16 +248,20 @@ def metric_info(metric: str) -> dict:
             "needs_labels": ev.needs_labels, "summary": ev.summary}
 
 
-def evaluate_with_classes(metric: str, runner, data: Dataset, labeled: bool,
-                          batch_size: int = 64) -> tuple[float, dict | None]:
+def evaluate_with_classes(metric: str, runner, data: Dataset, labeled: bool, batch_size: int = 64,
+                          groups: Sequence[object] | None = None) -> tuple[float, dict | None]:
     """``evaluate``, and for top-1 against one class label a sample also :func:`class_gap`, from the same single
-    pass (a device evaluation is not repeated); ``None`` for other metrics and labels."""
+    pass (a device evaluation is not repeated); ``None`` for other metrics and labels. With ``groups`` (one per
+    sample, from the data source) the result also holds ``groups``: the same accuracy, worst and gap per group."""
     scalar = len(data) > 0 and torch.as_tensor(data[0][1]).ndim == 0
     if not (labeled and EVALUATORS.get(metric).name == "top1" and scalar):
         return evaluate(metric, runner, data, batch_size), None
-    counts = per_class_accuracy(runner, data, batch_size)
+    counts, by_group = class_and_group_counts(runner, data, batch_size, groups)
     right, total = sum(c for c, _ in counts.values()), sum(n for _, n in counts.values())
-    return 100.0 * right / max(total, 1), class_gap(counts)
+    gap = class_gap(counts)
+    if by_group is not None:
+        gap["groups"] = class_gap(by_group)
+    return 100.0 * right / max(total, 1), gap
 
 
 def evaluate(metric: str, runner, data: Dataset, batch_size: int = 64) -> float:

@@ -52,6 +52,8 @@ class DataBundle:
     metric: str = "top1"  # "top1" with real labels, "agreement" with the unpruned model's labels
     labeled: bool = True
     synthetic: bool = False  # random inputs (random, tokens:random): latency-only runs
+    # one group label per test sample (a python: source's "test_groups"): per-group accuracy in the report
+    test_groups: tuple[object, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,8 @@ def _check_python(arg: str) -> None:
 
 @DATA_SOURCES.register("python")
 def _python(arg: str, req: DataRequest) -> DataBundle:
-    """``python:module:fn``; fn(input_shape) returns a DataBundle or a dict with train/calib/test datasets."""
+    """``python:module:fn``; fn(input_shape) returns a DataBundle or a dict with train/calib/test datasets (and
+    optionally ``test_groups``: one group label per test sample, for per-group accuracy)."""
     input_shape = req.input_shape
     fn = import_callable(arg, "data")
     out = fn(input_shape) if _takes_arg(fn) else fn()
@@ -186,10 +189,16 @@ def _python(arg: str, req: DataRequest) -> DataBundle:
         return out
     if isinstance(out, dict) and {"train", "calib", "test"} <= out.keys():
         x0 = out["calib"][0][0]
+        groups = out.get("test_groups")
+        if groups is not None and len(groups) != len(out["test"]):
+            raise SpecError(f"python:{arg} returned {len(groups)} test_groups for {len(out['test'])} test samples",
+                            hint="give one group label per test sample, in the test split's order")
         return DataBundle(f"python:{arg}", out["train"], out["calib"], out["test"], tuple(x0.shape),
-                          metric=out.get("metric", "top1"), labeled=out.get("labeled", True))
+                          metric=out.get("metric", "top1"), labeled=out.get("labeled", True),
+                          test_groups=tuple(groups) if groups is not None else None)
     raise SpecError(f"python:{arg} returned {type(out).__name__}",
-                    hint="return a DataBundle or a dict with 'train', 'calib' and 'test' datasets of (x, y)")
+                    hint="return a DataBundle or a dict with 'train', 'calib' and 'test' datasets of (x, y) "
+                         "(optional: 'test_groups', one group label per test sample)")
 
 
 @DATA_SOURCES.register("text")

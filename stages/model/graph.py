@@ -57,6 +57,16 @@ class GroupInfo:
         return (channel // self.head_dim) % self.heads if self.heads else None
 
 
+@dataclass(frozen=True)
+class ChannelSlice:
+    """Entries ``index`` along axis ``dim`` of parameter ``name`` carry the group's channels ``channel``."""
+
+    name: str
+    dim: int
+    index: torch.Tensor
+    channel: torch.Tensor
+
+
 def find_classifier(model: nn.Module, example_input: torch.Tensor) -> str | None:
     """Name of the last conv/linear executed in a forward pass: the classifier head, never pruned."""
     order: list[str] = []
@@ -232,6 +242,42 @@ class PruneGraph:
             out[info.id] = total.float()
         return out
 
+    def out_slices(self) -> dict[str, list[ChannelSlice]]:
+        """Per group id, the parameter entries that *produce* each of its channels: a conv's output
+        filter (``dim`` 0; a transposed conv with ``groups == 1``: ``dim`` 1) and bias entry, a
+        Linear's output row and bias entry, a norm layer's weight and bias entry. ``index[i]`` of a
+        slice is the entry of the parameter along ``dim`` that carries group channel ``channel[i]``.
+
+        With all of them at 0 a channel's output is 0 wherever it is read (activations with
+        f(0) = 0; a BatchNorm with zero weight and bias outputs 0), so its removal is exact; the
+        consumers' input columns are not included (DPM's decay, :mod:`stages.recover.dpm`).
+        Coupled layers (residual adds) each contribute once.
+        """
+        params = dict(self.model.named_parameters())
+        out: dict[str, list[ChannelSlice]] = {}
+        for info, g in self._tp_groups():
+            slices: list[ChannelSlice] = []
+            seen: set[int] = set()
+            for i, (dep, idxs) in enumerate(g):
+                layer = dep.target.module
+                name = self._names.get(layer)
+                root_idxs = g[i].root_idxs
+                if (name is None or id(layer) in seen or not self._dg.is_out_channel_pruning_fn(dep.handler)
+                        or any(r is None for r in root_idxs)):
+                    continue
+                seen.add(id(layer))
+                dim = _out_dim(layer)
+                if dim is None:
+                    continue
+                index = torch.as_tensor(list(idxs), dtype=torch.long)
+                channel = torch.as_tensor(list(root_idxs), dtype=torch.long)
+                for pname, dims in ((f"{name}.weight", dim), (f"{name}.bias", 0)):
+                    p = params.get(pname)
+                    if p is not None and (dims == 0 or p.dim() > dims):
+                        slices.append(ChannelSlice(pname, dims, index, channel))
+            out[info.id] = slices
+        return out
+
     def channel_sites(self) -> dict[str, tuple[str, ...]]:
         """Per group id, the modules whose outputs carry the group's channels downstream.
 
@@ -321,6 +367,19 @@ def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[in
 
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def _out_dim(layer: nn.Module) -> int | None:
+    """The axis of ``layer.weight`` that holds its output channels (None: not a producer we decay)."""
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        if layer.transposed:
+            return 1 if layer.groups == 1 else None
+        return 0
+    if isinstance(layer, nn.Linear):
+        return 0
+    if isinstance(layer, _NORMS) and getattr(layer, "weight", None) is not None and layer.weight.dim() == 1:
+        return 0
+    return None
 
 
 def _per_channel(layer: nn.Module, name: str, is_out: bool, per_param: Mapping[str, torch.Tensor]) -> torch.Tensor | None:

@@ -19,7 +19,7 @@ model trains with knowledge distillation while the removed channels' masks follo
 
 After step K the zeroed channels carry no signal anywhere (the sites cover every output the
 channel has, and ReLU(0) = 0), so removing them with the plan is exact: the hard-pruned model is
-checked against the masked one on calibration inputs (tolerance ``EXACT_ATOL``). The remaining
+checked against the masked one on calibration inputs (tolerance ``phased.EXACT_ATOL``). The remaining
 ``steps − K`` steps are ordinary distillation of the pruned model; both phases share one cosine
 learning-rate schedule over all ``steps``. BatchNorm statistics are not re-estimated after the
 removal: the masked training already ran on the masked activations. STADE's bias compensation is
@@ -28,22 +28,19 @@ not applied on this path (the distillation adapts the biases).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from core.errors import ConfigError, StageError
+from core.errors import StageError
 from stages.model.graph import PruneGraph
-from stages.prune.plan import PruningPlan, apply_plan
-from stages.recover.distill import DistillSettings, distill, kd_batch_loss, make_optimizer, materialise
-
-EXACT_ATOL = 1e-4  # masked model at step K vs. hard-pruned model: max |diff| <= EXACT_ATOL * max(1, max |out|)
+from stages.prune.plan import PruningPlan
+from stages.recover import phased
+from stages.recover.distill import DistillSettings, kd_batch_loss, make_optimizer, materialise
 
 
 @dataclass(frozen=True)
@@ -84,25 +81,9 @@ class ChannelMasks:
             self.removed[gp.id] = removed.to(device)
             self._sites += [(modules[name], gp.id) for name in sites[gp.id]]
 
-    @contextmanager
-    def attached(self) -> Iterator[ChannelMasks]:
+    def attached(self):
         """Forward hooks that multiply each site's output by its group's mask (removed on exit)."""
-        hooks = [mod.register_forward_hook(self._hook(mod, gid)) for mod, gid in self._sites]
-        try:
-            yield self
-        finally:
-            for h in hooks:
-                h.remove()
-
-    def _hook(self, mod: nn.Module, gid: str) -> Callable:
-        last = isinstance(mod, (nn.Linear, nn.LayerNorm))  # channels on the last dim, else on dim 1
-        mask = self.values[gid]
-
-        def fn(_mod, _inp, out):
-            if last:
-                return out * mask
-            return out * mask.view(1, -1, *([1] * (out.dim() - 2)))
-        return fn
+        return phased.site_masks(self._sites, self.values.__getitem__)
 
     def zero_grad(self) -> None:
         for m in self.values.values():
@@ -139,7 +120,8 @@ def flow_pressure(model: nn.Module, graph: PruneGraph, masks: ChannelMasks, batc
 
 def soft_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor, train: Dataset, calib: Dataset,
                soft: SoftSettings, settings: DistillSettings, labeled: bool,
-               on_step: Callable[[int, float], None] | None = None) -> tuple[nn.Module, dict]:
+               on_step: Callable[[int, float], None] | None = None,
+               probe: phased.Probe | None = None) -> tuple[nn.Module, dict]:
     """Soft masks for ``soft.steps`` steps on a copy of ``model``, hard removal, then plain KD.
 
     Args:
@@ -150,63 +132,44 @@ def soft_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
         soft: The soft phase; ``settings``: the distillation, whose ``steps`` is the total (soft + plain).
         labeled: Whether ``train`` has labels (else the CE term is dropped).
         on_step: Called with (step, loss) after every step of both phases.
+        probe: The run's calibration metric of a model, sampled about ten times for the loss/metric curve.
 
     Returns:
         The pruned model (plan applied) and the record of both phases.
     """
     k_steps, total = soft.steps, settings.steps
-    if k_steps <= 0 or k_steps > total:
-        raise ConfigError(f"recovery.soft_steps={k_steps} must be in 1..recovery.steps ({total})",
-                          hint="lower recovery.soft_steps or raise recovery.steps")
+    phased.check_phase_steps(k_steps, total)
     teacher = model.eval()
-    blocks = tuple(getattr(plan, "drop_blocks", ()))  # depth pruning: the plan's groups are those without them
-    if blocks:
-        from stages.model.blocks import drop_blocks
-
-        student = drop_blocks(model, blocks)
-    else:
-        student = copy.deepcopy(model)
+    student = phased.start_student(model, plan)
     graph = PruneGraph(student, example_input, plan.ignore)  # traced before any hook exists
     masks = ChannelMasks(student, graph, plan)
     device = next(student.parameters()).device
     score_data = [b for _, b in zip(range(max(1, soft.score_batches)),
                                     DataLoader(calib, batch_size=settings.batch_size, shuffle=False))]
     check_x = score_data[0][0][:32].to(device)
+    trace, every = phased.Trace(), phased.probe_period(total, probe)
 
-    losses, mask_max, passes, ref = _soft_phase(student, teacher, graph, masks, score_data, check_x, train, soft,
-                                                settings, labeled, on_step)
-    pruned = apply_plan(student, example_input, plan)
-    with torch.no_grad():
-        diff = float((pruned(check_x) - ref).abs().max())
-    if diff > EXACT_ATOL * max(1.0, float(ref.abs().max())):
-        raise StageError(f"hard removal after the soft masks changed the outputs by {diff:.3g} (tolerance "
-                         f"{EXACT_ATOL:g}): a masked channel still reaches the output",
-                         hint="this architecture has a channel path the masks miss; set recovery.soft_steps: 0")
-
-    plain = dataclasses.replace(settings, steps=total - k_steps, seed=settings.seed + 1,
-                                schedule_start=k_steps, schedule_steps=total)
-    tick = None if on_step is None else (lambda s, loss: on_step(k_steps + s, loss))
-    rec = distill(pruned, teacher, train, plain, labeled, on_step=tick)
+    mask_max, passes, ref = _soft_phase(student, teacher, graph, masks, score_data, check_x, train, soft,
+                                        settings, labeled, on_step, trace, probe, every)
+    pruned, diff = phased.hard_remove(student, example_input, plan, check_x, ref, "the soft masks")
+    plain = phased.finish(pruned, teacher, train, settings, k_steps, labeled, trace, on_step, probe, every)
+    losses = trace.losses[:k_steps]
     n = max(1, len(losses) // 10)
-    record = {
-        "steps": total, "loss_first": sum(losses[:n]) / n,
-        "loss_last": rec["loss_last"] if rec.get("steps") else sum(losses[-n:]) / n,
-        "soft": {"steps": k_steps, "beta": soft.beta, "eta": soft.eta, "rescore_every": soft.rescore_every,
-                 "removed_channels": int(sum(int(r.sum()) for r in masks.removed.values())),
-                 "loss_first": sum(losses[:n]) / n, "loss_last": sum(losses[-n:]) / n,
-                 "mask_max": [round(v, 4) for v in mask_max], "score_passes": passes,
-                 "hard_removal_max_abs": diff},
-        "plain": rec,
-    }
-    return pruned.eval(), record
+    phase = {"steps": k_steps, "beta": soft.beta, "eta": soft.eta, "rescore_every": soft.rescore_every,
+             "removed_channels": int(sum(int(r.sum()) for r in masks.removed.values())),
+             "loss_first": sum(losses[:n]) / n, "loss_last": sum(losses[-n:]) / n,
+             "mask_max": [round(v, 4) for v in mask_max], "score_passes": passes, "hard_removal_max_abs": diff}
+    rec = phased.record("gradflow", settings, k_steps, trace, plain, phase)
+    return pruned.eval(), {**rec, "soft": phase}
 
 
 def _soft_phase(student: nn.Module, teacher: nn.Module, graph: PruneGraph, masks: ChannelMasks, score_data: list,
                 check_x: torch.Tensor, train: Dataset, soft: SoftSettings, settings: DistillSettings, labeled: bool,
-                on_step: Callable[[int, float], None] | None) -> tuple[list[float], list[float], dict, torch.Tensor]:
-    """The ``soft.steps`` KD steps with the masks decaying along the gradient flow; returns the losses, the
-    largest removed mask after each step, the passes spent on scores, and the student's output on ``check_x``
-    with the masks at 0 (what the hard removal must reproduce)."""
+                on_step: Callable[[int, float], None] | None, trace: phased.Trace, probe: phased.Probe | None,
+                every: int) -> tuple[list[float], dict, torch.Tensor]:
+    """The ``soft.steps`` KD steps with the masks decaying along the gradient flow (losses into ``trace``);
+    returns the largest removed mask after each step, the passes spent on scores, and the student's output
+    on ``check_x`` with the masks at 0 (what the hard removal must reproduce)."""
     k_steps, total = soft.steps, settings.steps
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -215,7 +178,7 @@ def _soft_phase(student: nn.Module, teacher: nn.Module, graph: PruneGraph, masks
     opt, base_lr = make_optimizer(student, settings)
     t, alpha = settings.temperature, settings.alpha if labeled else 1.0
     device = next(student.parameters()).device
-    losses: list[float] = []
+    losses = trace.losses
     mask_max: list[float] = []
     passes = {"forward": 0, "backward": 0}
     with masks.attached():
@@ -233,6 +196,8 @@ def _soft_phase(student: nn.Module, teacher: nn.Module, graph: PruneGraph, masks
             masks.flow_step(soft.eta, pressure, cap=1.0 - (step + 1) / k_steps)
             losses.append(loss.item())
             mask_max.append(masks.removed_max())
+            if probe is not None and (step + 1) % every == 0:
+                trace.metric.append((step + 1, probe(student)))
             if on_step is not None:
                 on_step(step + 1, losses[-1])
             if soft.rescore_every and (step + 1) % soft.rescore_every == 0 and step + 1 < k_steps:
@@ -241,4 +206,4 @@ def _soft_phase(student: nn.Module, teacher: nn.Module, graph: PruneGraph, masks
         student.eval()
         with torch.no_grad():
             ref = student(check_x)
-    return losses, mask_max, passes, ref
+    return mask_max, passes, ref

@@ -192,6 +192,11 @@ def recoveries(pattern: Annotated[str, typer.Argument(help="glob over names")] =
         m = RECOVERIES.get(name)
         rows.append((name, m.summary, m.source or "-", ", ".join(f"{k}={v}" for k, v in m.params.items()) or "-"))
     _print_table(("method", "what", "source", "options"), rows)
+    import textwrap
+
+    typer.echo(textwrap.fill("losses (--recovery-loss, any method): auto (KD: KL on logits, relative L2 on "
+                             "embeddings), pw (performance-weighted, Meyer & Wong, arXiv 2211.10285; class labels)",
+                             width=80))
 
 
 @app.command()

@@ -104,6 +104,8 @@ RUN_OPTIONS: tuple[Opt, ...] = (
     Opt("recovery_option", Optional[list[str]], "KEY=VALUE recovery-method parameter (repeatable)",
         "recovery.options", lambda v: key_values(v, "--recovery-option", "t_len=2")),
     Opt("recovery_steps", I, "recovery steps after pruning (0 = none)", "recovery.steps"),
+    Opt("phase_steps", I, "of those, steps before the hard removal (soft masks, DPM decay, MaskPrune masks)",
+        "recovery.soft_steps"),
     Opt("recovery_loss", S, "recovery loss: auto (KD) | pw (performance-weighted, class labels)", "recovery.loss"),
     Opt("threads", I, "runtime threads (default: physical cores)", "measure.threads"),
     Opt("out", P, "run folder (default runs/<UTC>-<model>)"),

@@ -19,7 +19,9 @@ optimiser step, each selected channel's weights are rescaled to a norm that fall
   channels. A channel with ``C_rate > t_rate`` and ``C_len > t_len`` in ``patience`` consecutive
   steps (ours: one noisy step is no evidence) is *released*: its norm is restored to ``L_0`` and
   the next-ranked channel of the same group (lowest criterion score among the kept channels never
-  released) starts decaying from its current norm, so the plan's widths hold. Releases happen only
+  released) starts decaying from its current norm, so the plan's widths hold. In an attention group
+  the unit is a whole head (its channels' vector decays, resists and is swapped as one), so the
+  plan stays in whole heads. Releases happen only
   during the first ``rectify_until`` of the N steps and at most ``max_swaps`` of the selection
   (ours: a replacement needs steps to decay, and late in the ramp ``C_rate`` of a nearly-zero
   channel is large for any gradient).
@@ -95,18 +97,22 @@ def target_norm(l0: float, k0: int, step: int, n: int) -> float:
 
 
 class Decay:
-    """The selected channels of every group, their decay starts and the candidates that replace releases.
+    """The selected units of every group, their decay starts and the candidates that replace releases.
+
+    A *unit* is what is removed as one: a channel, or a whole attention head in a head group (its
+    channels' vector decays as one, and a release swaps whole heads, so the plan stays in whole heads).
 
     Args:
         model: The student (its parameters are rescaled in place).
         slices: :meth:`PruneGraph.out_slices` of ``model``.
         plan: The channels to remove (those not kept).
-        scores: The criterion's channel scores per group (the next-ranked candidate is the lowest kept);
-            a group without scores ranks its kept channels by their current norm.
+        scores: The criterion's channel scores per group (the next-ranked candidate is the lowest kept unit,
+            by the sum of its channels' scores); a group without scores ranks its kept units by their norm.
+        units: Per group id, the unit of every channel (default: each channel its own unit).
     """
 
     def __init__(self, model: nn.Module, slices: Mapping[str, list[ChannelSlice]], plan: PruningPlan,
-                 scores: Mapping[str, torch.Tensor] | None) -> None:
+                 scores: Mapping[str, torch.Tensor] | None, units: Mapping[str, torch.Tensor] | None = None) -> None:
         self.params = dict(model.named_parameters())
         self.plans = {g.id: g for g in plan.groups}
         self.slices = {g: s for g, s in slices.items() if g in self.plans}
@@ -114,27 +120,31 @@ class Decay:
         if missing:
             raise StageError(f"DPM cannot decay group '{missing[0]}': no conv/linear/norm produces its channels",
                              hint="use recovery.method: distill for this model")
-        self.start: dict[str, dict[int, tuple[float, int]]] = {}  # group -> channel -> (L_0, k_0)
+        self.unit = {g: (units or {}).get(g, torch.arange(gp.width)).long() for g, gp in self.plans.items()}
+        self.start: dict[str, dict[int, tuple[float, int]]] = {}  # group -> unit -> (L_0, k_0)
         self.queue: dict[str, list[int]] = {}
         self.released: dict[str, set[int]] = {}
         self.streak: dict[str, torch.Tensor] = {}
         for gid, gp in self.plans.items():
-            removed = sorted(set(range(gp.width)) - set(gp.keep))
+            unit = self.unit[gid]
+            kept = {int(unit[c]) for c in gp.keep}
+            removed = sorted({int(unit[c]) for c in range(gp.width)} - kept)
             if not removed:
                 continue
             norms = self.norms(gid)
-            self.start[gid] = {c: (float(norms[c]), 0) for c in removed}
+            self.start[gid] = {u: (float(norms[u]), 0) for u in removed}
             rank = scores.get(gid) if scores is not None else None
-            key = rank.float() if rank is not None and len(rank) == gp.width else norms
-            self.queue[gid] = sorted(gp.keep, key=lambda c: (float(key[c]), c))
+            key = (torch.zeros(len(norms), dtype=torch.float64).scatter_add_(0, unit, rank.double().cpu())
+                   if rank is not None and len(rank) == gp.width else norms)
+            self.queue[gid] = sorted(kept, key=lambda u: (float(key[u]), u))
             self.released[gid] = set()
-            self.streak[gid] = torch.zeros(gp.width, dtype=torch.long)
+            self.streak[gid] = torch.zeros(len(norms), dtype=torch.long)
         self.total = sum(len(v) for v in self.start.values())
         self.swaps: list[dict] = []
 
-    def _per_channel(self, gid: str, grad: bool = False) -> torch.Tensor:
-        width = self.plans[gid].width
-        sq = torch.zeros(width, dtype=torch.float64)
+    def _per_unit(self, gid: str, grad: bool = False) -> torch.Tensor:
+        unit = self.unit[gid]
+        sq = torch.zeros(int(unit.max()) + 1, dtype=torch.float64)
         for sl in self.slices[gid]:
             p = self.params[sl.name]
             t = p.grad if grad else p.detach()
@@ -142,23 +152,24 @@ class Decay:
                 continue
             part = t.detach().index_select(sl.dim, sl.index.to(t.device)).double().pow(2)
             part = part.transpose(0, sl.dim).reshape(len(sl.index), -1).sum(1).cpu()
-            sq.scatter_add_(0, sl.channel, part)
+            sq.scatter_add_(0, unit[sl.channel], part)
         return sq.sqrt()
 
     def norms(self, gid: str) -> torch.Tensor:
-        """The norm of each channel's producing parameters."""
-        return self._per_channel(gid)
+        """The norm of each unit's producing parameters."""
+        return self._per_unit(gid)
 
     def grad_norms(self, gid: str) -> torch.Tensor:
-        return self._per_channel(gid, grad=True)
+        return self._per_unit(gid, grad=True)
 
     @torch.no_grad()
     def scale(self, gid: str, factor: torch.Tensor) -> None:
-        """Multiply each channel's producing parameters by ``factor[channel]``."""
+        """Multiply each unit's producing parameters by ``factor[unit]``."""
+        per_channel = factor[self.unit[gid]]
         for sl in self.slices[gid]:
             p = self.params[sl.name]
             full = torch.ones(p.shape[sl.dim], dtype=p.dtype, device=p.device)
-            full[sl.index.to(p.device)] = factor[sl.channel].to(p.dtype).to(p.device)
+            full[sl.index.to(p.device)] = per_channel[sl.channel].to(p.dtype).to(p.device)
             p.mul_(full.view(*([1] * sl.dim), -1, *([1] * (p.dim() - sl.dim - 1))))
 
     def snapshot(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -188,7 +199,7 @@ class Decay:
                 l0 = sel.pop(c)[0]
                 self.released[gid].add(c)
                 self.queue[gid].append(c)  # kept now; never re-selected (released)
-                factor = torch.ones(self.plans[gid].width, dtype=torch.float64)
+                factor = torch.ones(len(now), dtype=torch.float64)
                 factor[c] = l0 / max(float(now[c]), 1e-12)
                 self.scale(gid, factor)
                 sel[nxt] = (float(now[nxt]), step)
@@ -201,7 +212,7 @@ class Decay:
         top = 0.0
         for gid, sel in self.start.items():
             now = self.norms(gid)
-            factor = torch.ones(self.plans[gid].width, dtype=torch.float64)
+            factor = torch.ones(len(now), dtype=torch.float64)
             for c, (l0, k0) in sel.items():
                 t = target_norm(l0, k0, step, n)
                 top = max(top, t)
@@ -214,7 +225,8 @@ class Decay:
         groups = []
         for gp in plan.groups:
             if gp.id in self.start:
-                keep = tuple(sorted(set(range(gp.width)) - set(self.start[gp.id])))
+                unit = self.unit[gp.id]
+                keep = tuple(c for c in range(gp.width) if int(unit[c]) not in self.start[gp.id])
                 groups.append(GroupPlan(gp.id, gp.width, keep))
             else:
                 groups.append(gp)
@@ -233,7 +245,10 @@ def dpm_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor, 
     teacher = model.eval()
     student = phased.start_student(model, plan)
     graph = PruneGraph(student, example_input, plan.ignore)
-    decay = Decay(student, graph.out_slices(), plan, scores)
+    infos = {g.id: g for g in graph.groups()}
+    units = {g: torch.tensor([infos[g].head_of(c) for c in range(infos[g].width)])
+             for g in infos if infos[g].heads}  # attention groups decay and swap whole heads
+    decay = Decay(student, graph.out_slices(), plan, scores, units)
     device = next(student.parameters()).device
     check_x = phased.check_batch(calib, settings.batch_size, device)
     trace, every = phased.Trace(), phased.probe_period(total, probe)

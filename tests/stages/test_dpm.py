@@ -113,3 +113,38 @@ def test_bad_options_and_phase_lengths_are_refused():
     model = _model()
     with pytest.raises(ConfigError, match="soft_steps"):
         dpm_prune(model, _plan(model), EX, _data(), _data(16), None, DpmSettings(9), DistillSettings(steps=6), True)
+
+
+def test_attention_heads_decay_and_swap_whole():
+    transformers = pytest.importorskip("transformers")
+    from torch.utils.data import TensorDataset
+
+    from stages.model.contract import ContractModel, InputSpec, ModelIO, OutputSpec
+    from stages.prune.plan import make_plan, uniform_ratios
+
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=64)
+    torch.manual_seed(0)
+    bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    io = ModelIO(tuple(InputSpec(n, "int64", ("sequence",)) for n in ("input_ids", "attention_mask")),
+                 OutputSpec("last_hidden_state", "hidden"), {"sequence": 8})
+    model = ContractModel(bert, io).eval()
+    ids = torch.randint(0, 100, (32, 8), generator=torch.Generator().manual_seed(0))
+    x = io.pack({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    data = TensorDataset(x, torch.zeros(32))
+    graph = PruneGraph(model, x[:2])
+    plan = make_plan(graph.groups(), graph.importance("magnitude", p=2), uniform_ratios(graph.groups(), 0.5), None)
+    # thresholds that release every resisting unit at once: swaps must still be whole heads
+    s = DpmSettings(4, t_rate=-1.0, t_len=0.0, patience=1, rectify_until=1.0, max_swaps=1.0)
+    pruned, new_plan, rec = dpm_prune(model, plan, x[:2], data, data, None, s,
+                                      DistillSettings(steps=5, batch_size=8, loss="feature"), False)
+    heads = {g.id: g for g in graph.groups() if g.heads}
+    assert heads and rec["phase"]["swapped"] > 0
+    before = {g.id: len(g.keep) for g in plan.groups}
+    for gp in new_plan.groups:
+        if gp.id in heads:
+            info = heads[gp.id]
+            kept = {info.head_of(c) for c in gp.keep}
+            assert len(gp.keep) == len(kept) * info.head_dim == before[gp.id]  # whole heads, the plan's width
+    assert rec["phase"]["hard_removal_max_abs"] < 1e-4
+    assert pruned.model.encoder.layer[0].attention.self.num_attention_heads == 2

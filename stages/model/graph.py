@@ -21,6 +21,7 @@ pruning plan replayable on a fresh copy of the model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,10 +52,26 @@ class GroupInfo:
     in_layers: tuple[str, ...]
     heads: int = 0  # attention groups: the number of heads (channel c is head (c // head_dim) % heads)
     head_dim: int = 0
+    # grouped convolutions (ResNeXt, RegNet): the channels are split into this many conv groups of
+    # width / channel_groups; a cut must remove the same positions from every conv group (0: no constraint)
+    channel_groups: int = 0
 
     def head_of(self, channel: int) -> int | None:
         """The attention head a channel belongs to (None outside attention groups)."""
         return (channel // self.head_dim) % self.heads if self.heads else None
+
+    @property
+    def units(self) -> int:
+        """How many removable units the group has: heads, positions inside a conv group, or channels."""
+        if self.heads:
+            return self.heads
+        return self.width // self.channel_groups if self.channel_groups > 1 else self.width
+
+    def unit_of(self, channel: int) -> int:
+        """The unit a channel is removed with: its head, its position inside its conv group, or itself."""
+        if self.heads:
+            return (channel // self.head_dim) % self.heads
+        return channel % self.units if self.channel_groups > 1 else channel
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,7 @@ class PruneGraph:
         self._sites = attention_sites(model, skip=self.ignored_names)
         probe_sites(model, example_input, self._sites)
         self._held_mha = held_attention(model)
-        self._dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        self._dg = _dependency_graph(model, example_input)
         self._names = {m: n for n, m in model.named_modules()}
         self._cache: list[tuple[GroupInfo, object]] | None = None
 
@@ -129,6 +146,8 @@ class PruneGraph:
             site = next((roots[n] for n in (info.id, *info.out_layers) if n in roots), None)
             if site is not None and site.width == info.width:
                 info = GroupInfo(info.id, info.width, info.out_layers, info.in_layers, site.heads, site.head_dim)
+            elif (cg := _conv_groups(g, info.width)) > 1:
+                info = GroupInfo(info.id, info.width, info.out_layers, info.in_layers, channel_groups=cg)
             elif any(n in owned for n in (*info.out_layers, *info.in_layers)) or (transformer and not self._inner(info)):
                 continue  # attention layers outside their head group, a held attention, a residual width: held
             out.append((info, g))
@@ -316,6 +335,8 @@ class PruneGraph:
                 continue
             info = infos.get(gid)
             idxs = sorted(int(i) for i in idxs)
+            if info is not None and info.channel_groups > 1:
+                consistent_positions(info, idxs)
             if info is not None and info.heads:
                 heads = whole_heads(info, idxs)
                 site = next(sites[n] for n in info.out_layers if n in sites)
@@ -344,6 +365,46 @@ class PruneGraph:
         notes += [f"{n}: heads held (nn.MultiheadAttention packs q/k/v with the residual width; FFN pruned)"
                   for n in self._held_mha]
         return notes
+
+
+def _dependency_graph(model: nn.Module, example_input: torch.Tensor):
+    """Torch-Pruning's dependency graph; a model it cannot trace is one StageError naming the construct."""
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+    except (ArithmeticError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as e:
+        import traceback
+
+        where = traceback.extract_tb(e.__traceback__)[-1].name
+        what = ("a reshape / view that regroups channels (e.g. ShuffleNet's channel shuffle)" if "reshape" in where
+                else "a channel concatenation or split it cannot map" if "concat" in where or "split" in where
+                else f"an operation it cannot map ({where})")
+        raise StageError(f"Torch-Pruning {TP_VERSION} cannot trace this model's channel dependencies: {what} "
+                         f"[{type(e).__name__}]",
+                         hint="this model is not prunable here; docs/models.md lists what is refused") from None
+
+
+def _conv_groups(g, width: int) -> int:
+    """The number of conv groups a Torch-Pruning group's channels are split into by the grouped (not depthwise)
+    convolutions it touches (their least common multiple), or 0."""
+    counts = {dep.target.module.groups for dep, _ in g
+              if isinstance(dep.target.module, nn.modules.conv._ConvNd)
+              and 1 < dep.target.module.groups < dep.target.module.in_channels}
+    cg = math.lcm(*counts) if counts else 0
+    return cg if cg > 1 and width % cg == 0 else 0
+
+
+def consistent_positions(info: GroupInfo, idxs: Sequence[int]) -> None:
+    """A grouped-convolution group's cut must remove the same positions from every conv group (what
+    Torch-Pruning's grouped-conv pruner assumes); anything else is a StageError, never an unrunnable graph."""
+    per = info.units
+    by_pos: dict[int, int] = {}
+    for c in idxs:
+        by_pos[c % per] = by_pos.get(c % per, 0) + 1
+    partial = sorted(p for p, n in by_pos.items() if n != info.channel_groups)
+    if partial:
+        raise StageError(f"group '{info.id}': the plan removes channels of a grouped convolution unevenly "
+                         f"(positions {partial[:5]} not cut in all {info.channel_groups} conv groups)",
+                         hint="use a policy.json written by `pipeline run` for this model")
 
 
 def whole_heads(info: GroupInfo, idxs: Sequence[int]) -> list[int]:

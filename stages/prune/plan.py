@@ -133,28 +133,34 @@ def keep_count(width: int, keep_ratio: float, round_to: int | None) -> int:
 
 def kept_width(g: GroupInfo, keep_ratio: float, round_to: int | None) -> int:
     """Channels a group keeps at ``keep_ratio``: :func:`keep_count` of its channels, or of its heads
-    (whole heads, at least one, no ``round_to``) for an attention group."""
+    (whole heads, at least one, no ``round_to``) for an attention group, or of the positions inside a
+    conv group (kept in every conv group, no ``round_to``) for a grouped-convolution group."""
     heads = getattr(g, "heads", 0)
     if keep_ratio >= 1.0:
         return g.width
     if heads:
         return keep_count(heads, keep_ratio, None) * (g.width // heads)
+    groups = getattr(g, "channel_groups", 0)
+    if groups > 1:  # grouped conv: the same positions of every conv group (no round_to)
+        return keep_count(g.width // groups, keep_ratio, None) * groups
     return keep_count(g.width, keep_ratio, round_to)
 
 
 def top_channels(g: GroupInfo, scores: torch.Tensor, n: int) -> tuple[int, ...]:
     """The ``n`` best channels of a group (ties to the lower index); for an attention group the channels
-    of its ``n / (width / heads)`` best heads, a head scored by the sum of its channels' scores."""
+    of its ``n / (width / heads)`` best heads, a head scored by the sum of its channels' scores; for a
+    grouped-convolution group the best positions inside a conv group, kept in every conv group."""
     s = torch.nan_to_num(scores.double(), nan=-math.inf)
-    if not getattr(g, "heads", 0):
+    units = g.units if hasattr(g, "units") else g.width
+    if units == g.width:
         order = sorted(range(g.width), key=lambda i: (-float(s[i]), i))
         return tuple(sorted(order[:n]))
-    per_head = torch.zeros(g.heads, dtype=torch.float64)
+    per_unit = torch.zeros(units, dtype=torch.float64)
     for c in range(g.width):
-        per_head[g.head_of(c)] += s[c]
-    order = sorted(range(g.heads), key=lambda h: (-float(per_head[h]), h))
-    kept = set(order[:n // (g.width // g.heads)])
-    return tuple(c for c in range(g.width) if g.head_of(c) in kept)
+        per_unit[g.unit_of(c)] += s[c]
+    order = sorted(range(units), key=lambda u: (-float(per_unit[u]), u))
+    kept = set(order[:n // (g.width // units)])
+    return tuple(c for c in range(g.width) if g.unit_of(c) in kept)
 
 
 def make_plan(groups: list[GroupInfo], scores: Mapping[str, torch.Tensor], keep_ratios: Mapping[str, float],

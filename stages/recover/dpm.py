@@ -21,7 +21,7 @@ optimiser step, each selected channel's weights are rescaled to a norm that fall
   the next-ranked channel of the same group (lowest criterion score among the kept channels never
   released) starts decaying from its current norm, so the plan's widths hold. In an attention group
   the unit is a whole head (its channels' vector decays, resists and is swapped as one), so the
-  plan stays in whole heads. Releases happen only
+  plan stays in whole heads (a grouped convolution's: a position inside its conv groups, cut in all). Releases happen only
   during the first ``rectify_until`` of the N steps and at most ``max_swaps`` of the selection
   (ours: a replacement needs steps to decay, and late in the ramp ``C_rate`` of a nearly-zero
   channel is large for any gradient).
@@ -246,8 +246,8 @@ def dpm_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor, 
     student = phased.start_student(model, plan)
     graph = PruneGraph(student, example_input, plan.ignore)
     infos = {g.id: g for g in graph.groups()}
-    units = {g: torch.tensor([infos[g].head_of(c) for c in range(infos[g].width)])
-             for g in infos if infos[g].heads}  # attention groups decay and swap whole heads
+    units = {g: torch.tensor([i.unit_of(c) for c in range(i.width)])  # whole heads; grouped convs: positions
+             for g, i in infos.items() if i.units != i.width}
     decay = Decay(student, graph.out_slices(), plan, scores, units)
     device = next(student.parameters()).device
     check_x = phased.check_batch(calib, settings.batch_size, device)

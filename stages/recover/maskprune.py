@@ -76,19 +76,20 @@ class MaskSettings:
 
 
 def family_key(info: GroupInfo) -> str:
-    """Groups of one shape share a width: ``heads12x32`` (attention), ``w1536`` (channels)."""
-    return f"heads{info.heads}x{info.head_dim}" if info.heads else f"w{info.width}"
+    """Groups of one shape share a width: ``heads12x32`` (attention), ``w1536`` (channels), ``w400g25`` (grouped
+    convolution: 25 conv groups)."""
+    if info.heads:
+        return f"heads{info.heads}x{info.head_dim}"
+    return f"w{info.width}g{info.channel_groups}" if info.channel_groups > 1 else f"w{info.width}"
 
 
 def units_of(info: GroupInfo) -> int:
-    return info.heads if info.heads else info.width
+    return info.units
 
 
 def unit_index(info: GroupInfo) -> torch.Tensor:
-    """The unit of every channel of the group (its head, or itself)."""
-    if info.heads:
-        return torch.tensor([info.head_of(c) for c in range(info.width)])
-    return torch.arange(info.width)
+    """The unit of every channel of the group (its head, its position in its conv group, or itself)."""
+    return torch.tensor([info.unit_of(c) for c in range(info.width)])
 
 
 class FamilyMasks:

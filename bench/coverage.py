@@ -55,8 +55,8 @@ ARCHS = {  # name: input side (64 unless the architecture needs more), construct
     "shufflenet_v2_x0_5": (64, {}), "convnext_tiny": (64, {}),
     "vit_b_32": (64, {"image_size": 64}), "swin_t": (64, {}), "swin_v2_t": (64, {}),
 }
-# maxvit_t (224x224) is not in the default list: Torch-Pruning's graph build warned "Maximum recursive depth reached"
-# and grew past 14 GB in 8 minutes without finishing (killed), on this 24 GB machine
+# maxvit_t (224x224) is not in the default list: Torch-Pruning's group enumeration warned "Maximum recursive depth reached"
+# and grew past 14 GB in 8 minutes without finishing (killed); a run now refuses it after 120 s (graph.py)
 RATIO = 0.4
 
 

@@ -22,7 +22,8 @@ pruning plan replayable on a fresh copy of the model.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +132,13 @@ class PruneGraph:
         roots = {s.group_root: s for s in self._sites if s.held is None}
         owned = {layer: s for s in self._sites for layer in s.layers}
         transformer = bool(self._sites or self._held_mha)
+        with _deadline(GROUPING_DEADLINE_S):
+            out = self._collect_groups(roots, owned, transformer)
+        self._cache = out
+        return out
+
+    def _collect_groups(self, roots: Mapping[str, AttentionSite], owned: Mapping[str, AttentionSite],
+                        transformer: bool) -> list[tuple[GroupInfo, object]]:
         out = []
         raw = self._transformer_groups(roots, owned) if transformer else \
             self._dg.get_all_groups(ignored_layers=self._ignored)
@@ -151,7 +159,6 @@ class PruneGraph:
             elif any(n in owned for n in (*info.out_layers, *info.in_layers)) or (transformer and not self._inner(info)):
                 continue  # attention layers outside their head group, a held attention, a residual width: held
             out.append((info, g))
-        self._cache = out
         return out
 
     def _transformer_groups(self, roots: Mapping[str, AttentionSite], owned: Mapping[str, AttentionSite]) -> list:
@@ -367,10 +374,48 @@ class PruneGraph:
         return notes
 
 
+GROUPING_DEADLINE_S = 120  # Torch-Pruning's group enumeration; seconds on the models here, unbounded on MaxViT
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """A StageError if the block runs longer than ``seconds`` (main thread only: SIGALRM; elsewhere no limit).
+    Torch-Pruning 1.6.1's group enumeration does not end on some models (MaxViT: 14 GB in 8 minutes)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(_sig, _frame):
+        raise StageError(f"Torch-Pruning {TP_VERSION} did not finish grouping this model's channels in {seconds:g} s "
+                         "(its dependency search does not end on some attention / window models, e.g. MaxViT)",
+                         hint="this model is not prunable here; docs/models.md lists what is refused")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def _dependency_graph(model: nn.Module, example_input: torch.Tensor):
     """Torch-Pruning's dependency graph; a model it cannot trace is one StageError naming the construct."""
+    import warnings
+
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        with warnings.catch_warnings():
+            # past this warning its channel inference gives up and the graph build can grow without bound
+            # (MaxViT: over 14 GB in 8 minutes): refuse instead
+            warnings.filterwarnings("error", message="Maximum recursive depth reached")
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+    except UserWarning:
+        raise StageError(f"Torch-Pruning {TP_VERSION} cannot infer this model's channel counts: its recursion limit "
+                         "was reached through nested concatenations / splits",
+                         hint="this model is not prunable here; docs/models.md lists what is refused") from None
     except (ArithmeticError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as e:
         import traceback
 

@@ -105,3 +105,15 @@ def test_a_channel_shuffle_is_refused_in_one_line():
     torchvision = pytest.importorskip("torchvision")
     with pytest.raises(StageError, match="channel shuffle"):
         PruneGraph(torchvision.models.shufflenet_v2_x0_5().eval(), torch.zeros(1, 3, 32, 32))
+
+
+def test_a_grouping_that_does_not_end_is_one_line(monkeypatch):
+    torchvision = pytest.importorskip("torchvision")
+    import stages.model.graph as graph_mod
+
+    monkeypatch.setattr(graph_mod, "GROUPING_DEADLINE_S", 0.001)  # MaxViT's never ends; resnet18's takes ~50 ms
+    graph = PruneGraph(torchvision.models.resnet18().eval(), torch.zeros(1, 3, 32, 32))
+    with pytest.raises(StageError, match="did not finish grouping"):
+        graph.groups()
+    monkeypatch.setattr(graph_mod, "GROUPING_DEADLINE_S", 120)
+    assert graph.groups()  # the alarm is cleared: a later call works

@@ -404,18 +404,8 @@ def _deadline(seconds: float) -> Iterator[None]:
 
 def _dependency_graph(model: nn.Module, example_input: torch.Tensor):
     """Torch-Pruning's dependency graph; a model it cannot trace is one StageError naming the construct."""
-    import warnings
-
     try:
-        with warnings.catch_warnings():
-            # past this warning its channel inference gives up and the graph build can grow without bound
-            # (MaxViT: over 14 GB in 8 minutes): refuse instead
-            warnings.filterwarnings("error", message="Maximum recursive depth reached")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
-    except UserWarning:
-        raise StageError(f"Torch-Pruning {TP_VERSION} cannot infer this model's channel counts: its recursion limit "
-                         "was reached through nested concatenations / splits",
-                         hint="this model is not prunable here; docs/models.md lists what is refused") from None
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
     except (ArithmeticError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as e:
         import traceback
 

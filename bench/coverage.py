@@ -18,7 +18,6 @@ Writes ``bench/results/coverage.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results_io import write_results  # noqa: E402
 from core.errors import PipelineError  # noqa: E402
 from pipeline.versions import versions  # noqa: E402
 from stages.export import ExportSettings, check_parity, export_onnx  # noqa: E402
@@ -75,10 +75,7 @@ def main() -> None:
            "versions": {k: v for k, v in versions().items() if k in ("torch", "torchvision", "torch_pruning",
                                                                       "onnxruntime")},
            "ratio": RATIO, "rows": rows}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".json").write_text(json.dumps(rep, indent=1))
-    a.out.with_suffix(".md").write_text(markdown(rep))
-    print(markdown(rep))
+    write_results(a.out, rep, markdown)
 
 
 def one(arch: str, target, tmp: Path) -> dict:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results_io import write_results  # noqa: E402
 from pipeline.config import PruneConfig  # noqa: E402
 from pipeline.versions import versions  # noqa: E402
 from targets.ort.cpu import cpu_name, physical_cores  # noqa: E402
@@ -196,10 +196,7 @@ def main() -> None:
                            "latency_cv": {str(th): timing[th][0]["latency_ms"]["cv"] for th in ths},
                            "load_average": b.load},
               "arms": b.arms, "magnitude_scan": scan, "wall_s": round(time.perf_counter() - t_start, 1)}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    a.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(a.out, report, markdown)
 
 
 def _zeroed(model, example, plan):

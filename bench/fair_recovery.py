@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results_io import write_results  # noqa: E402
 from pipeline.config import PruneConfig, RecoveryConfig  # noqa: E402
 from pipeline.versions import versions  # noqa: E402
 from stages.evaluate import TorchRunner, class_gap, per_class_accuracy  # noqa: E402
@@ -100,10 +100,7 @@ def main() -> None:
                            "kd": {"temperature": rc.temperature, "alpha": rc.alpha},
                            "pw": {"min_weight": rc.pw_min_weight, "gamma": rc.pw_gamma}},
               "rows": rows}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    a.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(a.out, report, markdown)
 
 
 def markdown(report: dict) -> str:

@@ -35,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results_io import write_results  # noqa: E402
 from pipeline.versions import versions  # noqa: E402
 from stages.evaluate import TorchRunner, class_gap, evaluate, per_class_accuracy  # noqa: E402
 from stages.load.inputs import load_inputs  # noqa: E402
@@ -131,10 +132,7 @@ def report_of(rows: list[dict]) -> dict:
 
 
 def write(out: Path, rows: list[dict]) -> None:
-    rep = report_of(rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rep, indent=1))
-    out.with_suffix(".md").write_text(markdown(rep))
+    write_results(out, report_of(rows), markdown, echo=False)
 
 
 def markdown(rep: dict) -> str:

@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results_io import write_results  # noqa: E402
 from core.stats import median_interval  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.final_measure import FinalSettings, Pooled, measure_until_decided  # noqa: E402
@@ -156,10 +157,7 @@ def main() -> None:
                                     "inconclusive": vs.count("inconclusive"), "flips": flips(vs),
                                     "speedup_interval_of_medians": median_interval([x["speedup"] for x in r[rule]])
                                     .to_json()}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    a.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(a.out, report, markdown)
 
 
 def markdown(report: dict) -> str:

@@ -15,7 +15,7 @@ def recovery_section(state: Any) -> dict | None:
     m = getattr(rec, "metrics", None) or {}
     if not m.get("method") or not m.get("steps"):
         return None
-    phase = m.get("phase") or m.get("soft") or {}
+    phase = m.get("phase") or {}
     return {"method": m["method"], "steps": m["steps"], "phase_steps": m.get("phase_steps"),
             "swapped": phase.get("swapped", phase.get("swapped_channels")),
             "families": phase.get("families"), "hard_removal_max_abs": phase.get("hard_removal_max_abs"),

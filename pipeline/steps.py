@@ -339,7 +339,7 @@ def s_recover(state: RunState) -> dict:
     job = RecoveryJob(teacher=state.loaded.module, pruned=state.pruned, plan=state.plan, example_input=_example(state),
                       train=data.train, calib=data.calib, settings=distill_settings(state.cfg, r.steps, metric),
                       labeled=data.labeled, phase_steps=r.soft_steps, options=r.options,
-                      scores=getattr(state, "scores", None) or None,
+                      scores=state.scores or None,
                       probe=lambda m: evaluate(metric, TorchRunner(m), data.calib),
                       soft=SoftSettings(r.soft_steps, r.soft_beta, r.soft_eta, r.soft_rescore)
                       if r.soft_steps and method.name == "distill" else None,

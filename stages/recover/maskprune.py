@@ -83,10 +83,6 @@ def family_key(info: GroupInfo) -> str:
     return f"w{info.width}g{info.channel_groups}" if info.channel_groups > 1 else f"w{info.width}"
 
 
-def units_of(info: GroupInfo) -> int:
-    return info.units
-
-
 def unit_index(info: GroupInfo) -> torch.Tensor:
     """The unit of every channel of the group (its head, its position in its conv group, or itself)."""
     return torch.tensor([info.unit_of(c) for c in range(info.width)])
@@ -103,7 +99,8 @@ class FamilyMasks:
     """
 
     def __init__(self, model: nn.Module, graph: PruneGraph, plan: PruningPlan,
-                 scores: Mapping[str, torch.Tensor] | None, settings: MaskSettings) -> None:
+                 scores: Mapping[str, torch.Tensor] | None, settings: MaskSettings,
+                 device: torch.device | None = None) -> None:
         infos = {g.id: g for g in graph.groups()}
         modules = dict(model.named_modules())
         sites = graph.channel_sites()
@@ -113,6 +110,7 @@ class FamilyMasks:
         self.unit: dict[str, torch.Tensor] = {}
         self.family: dict[str, str] = {}
         kept: dict[str, list[float]] = {}
+        self.units: dict[str, int] = {}
         self._sites: list[tuple[nn.Module, str]] = []
         for gp in plan.groups:
             info = infos.get(gp.id)
@@ -121,13 +119,13 @@ class FamilyMasks:
                                  hint="the plan was made for a different architecture; use recovery.method: distill")
             if not sites[gp.id]:
                 continue
-            u = units_of(info)
             fam = family_key(info)
             kept.setdefault(fam, []).append(len(gp.keep) / gp.width)
-            self.infos[gp.id], self.family[gp.id], self.unit[gp.id] = info, fam, unit_index(info)
-            self.m[gp.id] = self._initial(info, u, scores.get(gp.id) if scores is not None else None)
+            self.units[fam] = info.units  # one shape per family: the same unit count
+            self.infos[gp.id], self.family[gp.id], self.unit[gp.id] = info, fam, unit_index(info).to(device)
+            init = self._initial(info, info.units, scores.get(gp.id) if scores is not None else None)
+            self.m[gp.id] = init.detach().to(device).requires_grad_(True)
             self._sites += [(modules[name], gp.id) for name in sites[gp.id]]
-        self.units = {f: units_of(next(self.infos[g] for g in self.infos if self.family[g] == f)) for f in kept}
         # the family's target count: the plan's mean kept fraction, in whole units, at least one
         self.target = {f: max(1, round(sum(v) / len(v) * self.units[f])) for f, v in kept.items()}
         self.s = {f: 1.0 for f in kept}
@@ -145,7 +143,7 @@ class FamilyMasks:
         else:
             per_unit = torch.zeros(units).scatter_add_(0, unit_index(info), score.float().cpu())
             rank = per_unit.argsort().argsort().float()  # 0 = least important
-        return (1.0 + 0.01 * rank / max(1, units)).requires_grad_(True)
+        return 1.0 + 0.01 * rank / max(1, units)
 
     def count(self, fam: str) -> int:
         """Units kept now in each group of ``fam``: ``⌈s U⌉``, never below the target."""
@@ -219,11 +217,8 @@ def maskprune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor, 
     teacher = model.eval()
     student = phased.start_student(model, plan)
     graph = PruneGraph(student, example_input, plan.ignore)  # traced before any hook exists
-    masks = FamilyMasks(student, graph, plan, scores, mask)
     device = next(student.parameters()).device
-    for gid in masks.m:
-        masks.m[gid].data = masks.m[gid].data.to(device)
-        masks.unit[gid] = masks.unit[gid].to(device)
+    masks = FamilyMasks(student, graph, plan, scores, mask, device)
     check_x = phased.check_batch(calib, settings.batch_size, device)
     trace, every = phased.Trace(), phased.probe_period(total, probe)
 

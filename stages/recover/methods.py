@@ -148,21 +148,21 @@ def _distill(job: RecoveryJob, options: Mapping[str, Any]) -> Recovered:
     return Recovered(student, job.plan, {**rec, "method": "distill", "curve": trace.curve()})
 
 
-@register("dpm", summary="decay the plan's channel norms to 0 over recovery.soft_steps steps while training, "
-                         "releasing the ones that resist (self-rectifying); exact removal, then KD",
-          params=_dpm.PARAMS, source=_dpm.SOURCE)
-def _run_dpm(job: RecoveryJob, options: Mapping[str, Any]) -> Recovered:
-    model, plan, rec = _dpm.dpm_prune(job.teacher, job.plan, job.example_input, job.train, job.calib, job.scores,
-                                      _dpm.DpmSettings.from_options(job.default_phase(), options), job.settings,
-                                      job.labeled, on_step=job.on_step, probe=job.probe)
-    return Recovered(model, plan, rec)
+def _phased(run: Callable, settings: Callable) -> Callable[[RecoveryJob, Mapping[str, Any]], Recovered]:
+    """A method that decides during training (``run(teacher, plan, example, train, calib, scores, its settings,
+    distill settings, labeled, on_step=, probe=) -> (model, plan, record)``), its settings from the options."""
+
+    def method(job: RecoveryJob, options: Mapping[str, Any]) -> Recovered:
+        model, plan, rec = run(job.teacher, job.plan, job.example_input, job.train, job.calib, job.scores,
+                               settings(job.default_phase(), options), job.settings, job.labeled,
+                               on_step=job.on_step, probe=job.probe)
+        return Recovered(model, plan, rec)
+    return method
 
 
-@register("maskprune", summary="learn head / FFN / channel masks (STE, minimax multiplier) to one width per family "
-                               "over recovery.soft_steps steps; exact removal, then KD",
-          params=_mp.PARAMS, source=_mp.SOURCE)
-def _run_maskprune(job: RecoveryJob, options: Mapping[str, Any]) -> Recovered:
-    model, plan, rec = _mp.maskprune(job.teacher, job.plan, job.example_input, job.train, job.calib, job.scores,
-                                     _mp.MaskSettings.from_options(job.default_phase(), options), job.settings,
-                                     job.labeled, on_step=job.on_step, probe=job.probe)
-    return Recovered(model, plan, rec)
+register("dpm", summary="decay the plan's channel norms to 0 over recovery.soft_steps steps while training, "
+                        "releasing the ones that resist (self-rectifying); exact removal, then KD",
+         params=_dpm.PARAMS, source=_dpm.SOURCE)(_phased(_dpm.dpm_prune, _dpm.DpmSettings.from_options))
+register("maskprune", summary="learn head / FFN / channel masks (STE, minimax multiplier) to one width per family "
+                              "over recovery.soft_steps steps; exact removal, then KD",
+         params=_mp.PARAMS, source=_mp.SOURCE)(_phased(_mp.maskprune, _mp.MaskSettings.from_options))

@@ -270,6 +270,7 @@ class RunConfig(_Frozen):
     @model_validator(mode="after")
     def _objective_has_budget(self) -> RunConfig:
         from search import SEARCHES
+        from stages.recover import RECOVERIES
 
         c = self.constraints
         if SEARCHES.get(self.search).needs_budget or self.policy:
@@ -283,6 +284,10 @@ class RunConfig(_Frozen):
         if r.soft_steps and r.soft_steps > r.steps:
             raise ValueError(f"recovery.soft_steps ({r.soft_steps}) exceeds recovery.steps ({r.steps}): "
                              "the soft steps are part of recovery.steps")
+        if (r.method or "distill") == "distill" and not r.soft_steps and \
+                RECOVERIES.get("distill").resolve_options(r.options).get("select"):
+            raise ValueError("recovery option select=true chooses channels during the gradient-flow soft phase, and "
+                             "recovery.soft_steps is 0: add --phase-steps K (K > 0), or drop select")
         if (r.soft_steps or r.method in ("dpm", "maskprune")) and self.prune.sparsity:
             what = f"recovery.method {r.method}" if r.method in ("dpm", "maskprune") else "recovery.soft_steps"
             raise ValueError(f"{what} is not combined with prune.sparsity yet: drop one of them")

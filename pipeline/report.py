@@ -17,6 +17,7 @@ from typing import Any
 from core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from core.stats import Interval
 from pipeline.config import RunConfig
+from pipeline.report_generative import generative_lines
 from pipeline.report_recovery import PLOT, recovery_lines, recovery_png, recovery_section
 from pipeline.settings import allowed_drop
 from pipeline.versions import versions
@@ -142,6 +143,7 @@ def build_report(state: Any) -> dict:
         "sparsity": sparsity_section(state),
         "per_class": state.final.get("per_class"),  # top1 with labels: per-class accuracy, worst class, gap
         "recovery": recovery_section(state),  # method, phase, swaps, loss / metric curve (recovery.png)
+        "generative": state.final.get("generative"),  # diffusion models: fid-digits, MSE, sampling time, samples.png
     }
 
 
@@ -491,6 +493,7 @@ def markdown(r: dict) -> str:
                   f"speed on Orin with `SPARSE_WEIGHTS`."]
     lines += _per_class_lines(r.get("per_class"))
     lines += recovery_lines(r.get("recovery"), (r.get("metric") or {}).get("name"))
+    lines += generative_lines(r.get("generative"))
     lines += ["", "## Search", "", f"Stop reason: {r['tune'].get('stop_reason')}", ""]
     lines += _cswap_lines((r.get("tune") or {}).get("cswap"))
     lines += ["![accuracy vs measured latency](pareto.png)", ""]

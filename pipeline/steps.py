@@ -16,6 +16,7 @@ from pipeline import settings
 from pipeline.final_measure import measure_until_decided
 from pipeline.preflight import check_baseline, check_loaded
 from pipeline.report import build_report, write_report
+from pipeline.report_generative import measure_generative
 from pipeline.runner import RunState, Stage, load_pruned, read_json, save_pruned, write_json
 from pipeline.settings import distill_settings, export_settings, measure_settings
 from search import SEARCHES, SearchContext
@@ -430,13 +431,14 @@ def s_measure(state: RunState) -> dict:
                    "intervals": {k: iv.to_json() for k, iv in ivs.items()}, "ratio_cv": pool.ratio_cv(),
                    "calls": pool.calls, "seconds": round(pool.seconds, 2),
                    "accuracy_intervals": accuracy_intervals(data, accs),
-                   "per_class": {"baseline": classes[0], "final": classes[1]} if classes else None}
+                   "per_class": {"baseline": classes[0], "final": classes[1]} if classes else None,
+                   "generative": measure_generative(state, base_engine, final_engine)}
     write_json(state, "final.json", state.final)
     sp, iv = pool.speedup, ivs["speedup"]
     return {"speedup": sp, "accuracy": accs[1], "rounds": len(pool.ratios),
             "_summary": f"{records[0]['latency_ms']['median']:.3f} -> {records[1]['latency_ms']['median']:.3f} ms "
                         f"({sp:.2f}x, {100 * iv.level:.0f}% interval {iv.low:.2f}-{iv.high:.2f}x over "
-                        f"{pool.calls} processes), {data.metric} {accs[0]:.2f} -> "
+                        f"{pool.calls} processes), {data.metric} {format_score(data.metric, accs[0], data.test)} -> "
                         f"{format_score(data.metric, accs[1], data.test)}"}
 
 

@@ -7,8 +7,12 @@ and is handled by Torch-Pruning's dependency graph.
 
 from __future__ import annotations
 
+from importlib import resources
+
 import torch
 from torch import nn
+
+from core.errors import ModelLoadError
 
 
 class BasicBlock(nn.Module):
@@ -67,3 +71,20 @@ class CifarResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+
+DIGITS_RESNET = {"depth": 20, "width": 32, "in_channels": 1, "num_classes": 10}
+DIGITS_WEIGHTS = "digits_resnet20_w32.pt"
+
+
+def digits_resnet(pretrained: bool = True) -> nn.Module:
+    """The embedded default: ResNet-20 (width 32) trained on digits; weights ship with the package."""
+    model = CifarResNet(**DIGITS_RESNET)
+    if pretrained:
+        ref = resources.files("stages.load") / "weights" / DIGITS_WEIGHTS
+        with resources.as_file(ref) as p:
+            if not p.is_file():
+                raise ModelLoadError(f"embedded weights missing: {p}",
+                                     hint="reinstall the package or run `python -m stages.load.train_digits`")
+            model.load_state_dict(torch.load(p, weights_only=True, map_location="cpu"))
+    return model.eval()

@@ -102,14 +102,27 @@ def load_data(spec: str, req: DataRequest | tuple[int, ...] | None) -> DataBundl
 @DATA_SOURCES.register("digits")
 def _digits(arg: str, req: DataRequest) -> DataBundle:
     """scikit-learn's bundled 8x8 digits (1797 images), upsampled to 32x32, one channel."""
-    from sklearn.datasets import load_digits
-
     input_shape = req.input_shape
     if input_shape is not None and tuple(input_shape) != (1, DIGITS_SIZE, DIGITS_SIZE):
         raise SpecError(
             f"data 'digits' gives 1x{DIGITS_SIZE}x{DIGITS_SIZE} images but the model expects {_fmt(input_shape)}",
             hint="use --data random (fidelity) or --data imagefolder:PATH for this model",
         )
+    (xtr, ytr), (xca, yca), (xte, yte) = digits_splits()
+    return DataBundle(
+        name="digits",
+        train=TensorDataset(xtr, ytr),
+        calib=TensorDataset(xca, yca),
+        test=TensorDataset(xte, yte),
+        input_shape=(1, DIGITS_SIZE, DIGITS_SIZE),
+    )
+
+
+def digits_splits() -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """The digits images (1 x 32 x 32, in [-1, 1]) and labels of the train, calib and test splits
+    (:data:`DIGITS_SPLIT` of one fixed permutation, seed 0)."""
+    from sklearn.datasets import load_digits
+
     ds = load_digits()
     x = torch.tensor(ds.images, dtype=torch.float32).unsqueeze(1) / 16.0
     x = torch.nn.functional.interpolate(x, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
@@ -117,14 +130,7 @@ def _digits(arg: str, req: DataRequest) -> DataBundle:
     y = torch.tensor(ds.target, dtype=torch.long)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     a, b, _ = DIGITS_SPLIT
-    tr, ca, te = perm[:a], perm[a:a + b], perm[a + b:]
-    return DataBundle(
-        name="digits",
-        train=TensorDataset(x[tr], y[tr]),
-        calib=TensorDataset(x[ca], y[ca]),
-        test=TensorDataset(x[te], y[te]),
-        input_shape=(1, DIGITS_SIZE, DIGITS_SIZE),
-    )
+    return tuple((x[idx], y[idx]) for idx in (perm[:a], perm[a:a + b], perm[a + b:]))
 
 
 @DATA_SOURCES.register("random")

@@ -7,6 +7,7 @@ import torch
 from core.errors import SpecError
 from stages.load.data import DataBundle, DataRequest, load_data, with_model_labels
 from stages.load.models import LoadedModel, ModelRequest, load_model
+from stages.model.diffusion import GenerativeSplit
 
 DEFAULT_DATA = "digits"
 
@@ -48,6 +49,7 @@ def run_metric(lm: LoadedModel, data: DataBundle, metric: str | None) -> str:
     with labels, else the model's label-free one (cosine for embeddings, perplexity for causal LMs; on
     random tokens a causal LM gets agreement), else agreement."""
     from stages.evaluate import EVALUATORS
+    from stages.evaluate.generative import GENERATIVE
 
     if metric is not None:
         ev = EVALUATORS.get(metric)
@@ -55,6 +57,10 @@ def run_metric(lm: LoadedModel, data: DataBundle, metric: str | None) -> str:
             raise SpecError(f"metric '{ev.name}' needs labels, and data '{data.name}' has none",
                             hint="use a label-free metric (agreement, cosine, output-error, perplexity) or "
                                  "labelled data")
+        if ev.name in GENERATIVE and not isinstance(data.test, GenerativeSplit):
+            raise SpecError(f"metric '{ev.name}' needs a denoising split with clean images; data '{data.name}' has none",
+                            hint="use --data digits-ddpm with a diffusion model (example:digits-ddpm), or another "
+                                 "metric")
         if ev.name == "perplexity" and lm.task != "causal-lm":
             raise SpecError(f"metric 'perplexity' needs a causal LM; model '{lm.spec}' is "
                             f"{lm.task or 'not a language model'}", hint="pass --task causal-lm, or another metric")

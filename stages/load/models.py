@@ -19,8 +19,9 @@ from torch import nn
 from core.errors import ModelLoadError, SpecError, did_you_mean
 from core.io import sha256_file
 from core.registry import Registry
+from stages.load import ddpm  # noqa: F401 - registers the digits-ddpm data source
 from stages.load.checks import MODEL_CHECKS
-from stages.load.cifar_resnet import CifarResNet
+from stages.load.cifar_resnet import DIGITS_RESNET, DIGITS_WEIGHTS, digits_resnet  # noqa: F401 - re-exported
 from stages.load.data import import_callable
 from stages.model.contract import ContractModel, ModelIO
 
@@ -140,23 +141,6 @@ def _example(arg: str, req: ModelRequest) -> LoadedModel:
     return EXAMPLES[arg](req)
 
 
-DIGITS_RESNET = {"depth": 20, "width": 32, "in_channels": 1, "num_classes": 10}
-DIGITS_WEIGHTS = "digits_resnet20_w32.pt"
-
-
-def digits_resnet(pretrained: bool = True) -> nn.Module:
-    """The embedded default: ResNet-20 (width 32) trained on digits; weights ship with the package."""
-    model = CifarResNet(**DIGITS_RESNET)
-    if pretrained:
-        ref = resources.files("stages.load") / "weights" / DIGITS_WEIGHTS
-        with resources.as_file(ref) as p:
-            if not p.is_file():
-                raise ModelLoadError(f"embedded weights missing: {p}",
-                                     hint="reinstall the package or run `python -m stages.load.train_digits`")
-            model.load_state_dict(torch.load(p, weights_only=True, map_location="cpu"))
-    return model.eval()
-
-
 EXAMPLES["digits-resnet"] = lambda req: LoadedModel("digits-resnet", "example:digits-resnet", digits_resnet(), (1, 32, 32),
                                                 default_data="digits")
 
@@ -253,6 +237,17 @@ def _tiny_llama(req: ModelRequest) -> LoadedModel:
     return _shipped_example("tiny-llama", model_folder(), "causal-lm", heldout_file(), req)
 
 
+def _digits_ddpm(req: ModelRequest) -> LoadedModel:
+    """The DDPM U-Net trained here (:mod:`stages.load.ddpm`), with its denoising data and ``fid-digits``."""
+    from stages.load.ddpm import digits_ddpm
+
+    model = digits_ddpm()
+    return LoadedModel("digits-ddpm", "example:digits-ddpm", model, model.io.sample_shape(),
+                       ["DDPM U-Net trained here on the digits train split (stages/load/train_digits_ddpm.py)"],
+                       task="diffusion", metric="output-error", default_data="digits-ddpm")
+
+
+EXAMPLES["digits-ddpm"] = _digits_ddpm
 EXAMPLES["minilm"] = _minilm
 EXAMPLES["tiny-llama"] = _tiny_llama
 

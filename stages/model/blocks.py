@@ -20,8 +20,9 @@ once on an example input (forward hooks record each module's input and output sh
   forward does not trace (data-dependent control flow) is not found generically; known classes
   do not need tracing.
 
-Every candidate must also have been called exactly once, with one tensor argument, and return a
-tensor of its input's shape. Nothing checks that the residual branch is nonzero: a block whose
+Every candidate must also have been called exactly once, with a tensor as its first argument (the
+stream; further positional arguments are conditioning, such as a U-Net block's timestep embedding,
+and a dropped block ignores them: :class:`Skip`), and return a tensor of that argument's shape. Nothing checks that the residual branch is nonzero: a block whose
 branch is already zero (e.g. a zero-initialised last BN) is removable and, scored, comes first.
 
 **Post-activation blocks.** torchvision's and the CIFAR ResNet's ``BasicBlock`` compute
@@ -77,7 +78,7 @@ def _probe(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int
 
     def hook(mod, args, kwargs, out):
         name = names[mod]
-        ok = (len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor)
+        ok = (len(args) >= 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor)
               and not any(isinstance(v, torch.Tensor) for v in kwargs.values())
               and tuple(out.shape) == tuple(args[0].shape) and out.dtype == args[0].dtype)
         calls, prev = seen.get(name, (0, True))
@@ -158,8 +159,16 @@ def removable_blocks(model: nn.Module, example_input: torch.Tensor, generic: boo
     return out
 
 
+class Skip(nn.Identity):
+    """What a dropped block becomes: its first input, whatever else it is called with (a U-Net block's
+    timestep embedding)."""
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return x
+
+
 def drop_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
-    """A deep copy of ``model`` with the named blocks replaced by ``nn.Identity()``.
+    """A deep copy of ``model`` with the named blocks replaced by :class:`Skip` (an ``nn.Identity``).
 
     The input model is never modified. A block that is already an ``nn.Identity`` stays one, and a
     block inside another dropped block goes with it, so applying the same names twice is harmless.
@@ -179,6 +188,6 @@ def drop_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
                               "the plan was made for a different architecture") from None
         if not isinstance(block, nn.Identity):
             parent_name, _, child = name.rpartition(".")
-            setattr(out.get_submodule(parent_name) if parent_name else out, child, nn.Identity())
+            setattr(out.get_submodule(parent_name) if parent_name else out, child, Skip())
         dropped.append(name)
     return out

@@ -5,16 +5,19 @@ named dynamic axes such as ``sequence``) and its **output** (:class:`OutputSpec`
 itself, an index into a tuple, or a key of a dict / Hugging Face ``ModelOutput``).
 
 Inside the pipeline every sample is **one tensor** (the *packed* sample): with one input it is
-that input; with several they share one shape and dtype (token ids, attention mask, token type
-ids) and are stacked on a new axis 1, ``x[:, i]`` being input ``i``. So calibration batches
+that input; with several of one shape and dtype (token ids, attention mask, token type ids) they
+are **stacked** on a new axis 1, ``x[:, i]`` being input ``i``; with several of different shapes or
+dtypes (a diffusion U-Net's noisy image and timestep) each sample's inputs are **flattened and
+concatenated** into one float32 vector, in the declared order (*flat* packing; shapes must be fixed,
+and integer inputs are carried exactly as floats below 2**24). So calibration batches
 ``(x, y)``, the criteria's hooks, Torch-Pruning's tracer, distillation and the timing workers
 keep one currency. The packing stops at the boundaries a user sees: the exported ONNX has the
 model's own named inputs (dynamic ``batch`` and named axes kept) and the chosen output under its
 own name, and the ONNX Runtime runner splits a packed batch into those inputs.
 
-Inputs of different shapes or dtypes in one model (an image and a text, say) are refused up front
-(:class:`ModelIO` raises) with that reason: that is the one limit of packing, and it is written in
-``docs/models.md``.
+Flat packing cannot carry a named dynamic axis (its offsets would move): inputs of different
+shapes with a named axis (an image and a variable-length text, say) are refused up front
+(:class:`ModelIO` raises) with that reason; it is written in ``docs/models.md``.
 
 :class:`ContractModel` is the module the pipeline works on: ``forward(x_packed)`` unpacks, casts
 each input to its declared dtype (a float zero batch from a shape-only caller becomes integer
@@ -24,6 +27,7 @@ is the same model with the unpacked signature, for the exporter.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -88,12 +92,11 @@ class ModelIO:
         for i in self.inputs:
             if i.dtype not in DTYPES:
                 raise SpecError(f"input '{i.name}' has dtype '{i.dtype}'", hint=f"use one of {', '.join(DTYPES)}")
-        first = self.inputs[0]
-        odd = [i.name for i in self.inputs[1:] if (i.shape, i.dtype) != (first.shape, first.dtype)]
-        if odd:
-            raise SpecError(f"model inputs {', '.join(odd)} differ in shape or dtype from '{first.name}'",
-                            hint="inputs of different shapes (e.g. image + text) are not supported yet; wrap the "
-                                 "model so it takes token inputs of one shape, or one tensor")
+        named = [i.name for i in self.inputs if any(isinstance(d, str) for d in i.shape)]
+        if self.flat and named:
+            raise SpecError(f"model inputs differ in shape or dtype and {', '.join(named)} has a named dynamic axis",
+                            hint="inputs of different shapes are packed flat and need fixed shapes; give "
+                                 "every input a fixed shape, or wrap the model so its inputs share one shape")
 
     @classmethod
     def single(cls, shape: Sequence[int], name: str = "input", output: str = "output") -> ModelIO:
@@ -109,8 +112,15 @@ class ModelIO:
         return len(self.inputs) > 1
 
     @property
+    def flat(self) -> bool:
+        """Several inputs of different shapes or dtypes: each sample's inputs flattened and concatenated."""
+        first = self.inputs[0]
+        return any((i.shape, i.dtype) != (first.shape, first.dtype) for i in self.inputs[1:])
+
+    @property
     def dtype(self) -> torch.dtype:
-        return self.inputs[0].torch_dtype
+        """The packed tensor's dtype (float32 when packed flat)."""
+        return torch.float32 if self.flat else self.inputs[0].torch_dtype
 
     @property
     def integer(self) -> bool:
@@ -130,14 +140,25 @@ class ModelIO:
         return tuple(out)
 
     def sample_shape(self) -> tuple[int, ...]:
-        """The packed sample's shape: the input's, with the number of inputs in front when several."""
+        """The packed sample's shape: the input's, with the number of inputs in front when stacked; the total
+        element count when flat."""
+        if self.flat:
+            return (sum(math.prod(i.shape) for i in self.inputs),)
         shape = self.input_shape()
         return (len(self.inputs), *shape) if self.packed else shape
+
+    def shape_of(self, spec: InputSpec) -> tuple[int, ...]:
+        """One input's concrete sample shape."""
+        return tuple(int(d) for d in spec.shape) if self.flat else self.input_shape()
 
     def unpack(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """A packed batch as the model's keyword inputs, each cast to its declared dtype."""
         if not self.packed:
             return {self.inputs[0].name: x.to(self.inputs[0].torch_dtype)}
+        if self.flat:
+            parts = x.reshape(len(x), -1).split([math.prod(i.shape) for i in self.inputs], dim=1)
+            return {spec.name: part.reshape(len(x), *self.shape_of(spec)).to(spec.torch_dtype)
+                    for spec, part in zip(self.inputs, parts)}
         return {spec.name: x[:, i].to(spec.torch_dtype) for i, spec in enumerate(self.inputs)}
 
     def pack(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -147,12 +168,15 @@ class ModelIO:
             raise SpecError(f"inputs {missing} are missing", hint=f"the model takes {', '.join(self.names)}")
         if not self.packed:
             return tensors[self.names[0]].to(self.dtype)
+        if self.flat:
+            return torch.cat([tensors[n].reshape(len(tensors[n]), -1).to(torch.float32) for n in self.names], dim=1)
         return torch.stack([tensors[n].to(self.dtype) for n in self.names], dim=1)
 
     def example(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
         """Typed example inputs, unpacked (the exporter's arguments): ones for integers, zeros for floats."""
-        fill = torch.ones if self.integer else torch.zeros
-        return tuple(fill((batch, *self.input_shape()), dtype=i.torch_dtype) for i in self.inputs)
+        return tuple((torch.zeros if i.torch_dtype.is_floating_point else torch.ones)((batch, *self.shape_of(i)),
+                                                                                    dtype=i.torch_dtype)
+                     for i in self.inputs)
 
     def dynamic_axes(self, output_rank: int) -> dict[str, dict[int, str]]:
         """The exporter's dynamic axes: ``batch`` on every input and on the output, and each named axis

@@ -156,7 +156,8 @@ class PruneGraph:
                 info = GroupInfo(info.id, info.width, info.out_layers, info.in_layers, site.heads, site.head_dim)
             elif (cg := _conv_groups(g, info.width)) > 1:
                 info = GroupInfo(info.id, info.width, info.out_layers, info.in_layers, channel_groups=cg)
-            elif any(n in owned for n in (*info.out_layers, *info.in_layers)) or (transformer and not self._inner(info)):
+            elif any(n in owned for n in (*info.out_layers, *info.in_layers)) or \
+                    (transformer and not (self._inner(info) or self._conv_group(info))):
                 continue  # attention layers outside their head group, a held attention, a residual width: held
             out.append((info, g))
         return out
@@ -171,12 +172,14 @@ class PruneGraph:
         cands = [modules[n] for n in roots if n in modules]
         cands += [m for n, m in modules.items() if isinstance(m, nn.Linear) and n not in owned and m not in ignored
                   and self._feeds_linears_only(m)]
+        cands += [m for n, m in modules.items() if isinstance(m, nn.modules.conv._ConvNd) and n not in owned
+                  and m not in ignored and self._conv_local(m)]  # hybrids (a U-Net's convs around its attention)
         out, covered = [], set()
         for m in cands:
             if m in covered:
                 continue
             fn = self._dg.get_pruner_of_module(m).prune_out_channels
-            g = self._dg.get_pruning_group(m, fn, idxs=list(range(m.out_features)))
+            g = self._dg.get_pruning_group(m, fn, idxs=list(range(self._dg.get_out_channels(m))))
             covered |= {dep.target.module for dep, _ in g if self._dg.is_out_channel_pruning_fn(dep.handler)}
             out.append(g)
         return out
@@ -199,6 +202,35 @@ class PruneGraph:
             else:
                 return False
         return reached
+
+    def _conv_local(self, layer: nn.Module) -> bool:
+        """The conv's output reaches only convolutions, through norms, element-wise ops and concatenations (no
+        reshape, no Linear): a CNN channel group inside a model that also has attention, safe to ask Torch-Pruning
+        for (a stream that is reshaped into tokens, a ViT's patch embedding, is not)."""
+        node = self._dg.module2node.get(layer)
+        if node is None:
+            return False
+        passes = (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.BN, tp.ops.OPTYPE.GN,
+                  tp.ops.OPTYPE.IN)
+        todo, seen, reached = list(node.outputs), set(), False
+        while todo:
+            n = todo.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if n.type in (tp.ops.OPTYPE.CONV, tp.ops.OPTYPE.DEPTHWISE_CONV):
+                reached = True
+            elif n.type in passes:
+                todo.extend(n.outputs)
+            else:
+                return False
+        return reached
+
+    def _conv_group(self, info: GroupInfo) -> bool:
+        """A group with a convolution among its producers (a CNN group of a hybrid model; a Linear may add to
+        it, as a U-Net's timestep projection does)."""
+        modules = dict(self.model.named_modules())
+        return any(isinstance(modules[n], nn.modules.conv._ConvNd) for n in info.out_layers)
 
     def _inner(self, info: GroupInfo) -> bool:
         """An FFN-like group: Linear producers, no norm layer, read by Linear layers only."""

@@ -93,7 +93,7 @@ def make_optimizer(model: nn.Module, settings: DistillSettings) -> tuple[torch.o
                            weight_decay=settings.weight_decay), lr
 
 
-FEATURE_METRICS = ("cosine", "output-error")
+FEATURE_METRICS = ("cosine", "output-error", "fid-digits", "denoise-loss")  # diffusion: noise-prediction matching
 
 
 def loss_for(metric: str | None) -> str:

@@ -123,15 +123,23 @@ def _none(job: RecoveryJob, options: Mapping[str, Any]) -> Recovered:
 
 
 @register("distill", summary="hard prune, then KD from the unpruned model (or the PW loss); with "
-                             "recovery.soft_steps > 0 gradient-flow soft masks first",
+                             "recovery.soft_steps > 0 gradient-flow soft masks first (select=true: the flow "
+                             "chooses which channels end at zero)",
+          params={"select": False},
           source="Hinton et al. KD; gradient flow: Wan et al., arXiv 2501.09464 [RECON] (methods.md §5)")
 def _distill(job: RecoveryJob, options: Mapping[str, Any]) -> Recovered:
+    if options.get("select") and job.soft is None:
+        raise ConfigError("recovery option select=true chooses channels during the gradient-flow soft phase, "
+                          "and recovery.soft_steps is 0", hint="add --phase-steps K (K > 0), or drop select")
     if job.soft is not None:
+        import dataclasses
+
         from stages.recover.soft import soft_prune
 
-        model, rec = soft_prune(job.teacher, job.plan, job.example_input, job.train, job.calib, job.soft,
-                                job.settings, job.labeled, on_step=job.on_step, probe=job.probe)
-        return Recovered(model, job.plan, rec)
+        soft = dataclasses.replace(job.soft, select=bool(options.get("select")))
+        model, plan, rec = soft_prune(job.teacher, job.plan, job.example_input, job.train, job.calib, soft,
+                                      job.settings, job.labeled, on_step=job.on_step, probe=job.probe)
+        return Recovered(model, plan, rec)
     student = copy.deepcopy(job.pruned)
     trace, every = phased.Trace(), phased.probe_period(job.settings.steps, job.probe)
 

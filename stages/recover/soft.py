@@ -52,6 +52,7 @@ class SoftSettings:
     eta: float = 1.0  # the KD gradient on the masks (0.002-0.1 on the embedded default); see docs/criteria.md
     rescore_every: int = 0  # recompute S every this many steps (with the masks on); 0 = once, at the start
     score_batches: int = 1  # calibration batches per S computation (of the distillation batch size)
+    select: bool = False  # the flow chooses which units end at zero (same widths as the plan), not the plan
 
 
 class ChannelMasks:
@@ -61,12 +62,17 @@ class ChannelMasks:
     marks the channels the plan removes. Only groups that lose channels get hooks.
     """
 
-    def __init__(self, model: nn.Module, graph: PruneGraph, plan: PruningPlan) -> None:
+    def __init__(self, model: nn.Module, graph: PruneGraph, plan: PruningPlan, select: bool = False) -> None:
         modules = dict(model.named_modules())
         sites = graph.channel_sites()
-        widths = {g.id: g.width for g in graph.groups()}
+        infos = {g.id: g for g in graph.groups()}
+        widths = {g.id: g.width for g in infos.values()}
         self.values: dict[str, torch.Tensor] = {}
         self.removed: dict[str, torch.Tensor] = {}
+        self.select = select
+        self.flow: dict[str, torch.Tensor] = {}  # select: every channel's mask as the flow alone would move it
+        self.unit: dict[str, torch.Tensor] = {}  # select: the unit (channel, head, conv position) of each channel
+        self.planned: dict[str, torch.Tensor] = {}
         self._sites: list[tuple[nn.Module, str]] = []
         for gp in plan.groups:
             if gp.id not in widths or widths[gp.id] != gp.width:
@@ -79,7 +85,12 @@ class ChannelMasks:
             device = next(modules[sites[gp.id][0]].parameters(), torch.empty(0)).device if sites[gp.id] else None
             self.values[gp.id] = torch.ones(gp.width, device=device, requires_grad=True)
             self.removed[gp.id] = removed.to(device)
+            self.planned[gp.id] = removed.clone()
             self._sites += [(modules[name], gp.id) for name in sites[gp.id]]
+            if select:
+                info = infos[gp.id]
+                self.unit[gp.id] = torch.tensor([info.unit_of(c) for c in range(gp.width)], device=device)
+                self.flow[gp.id] = torch.ones(gp.width, device=device)
 
     def attached(self):
         """Forward hooks that multiply each site's output by its group's mask (removed on exit)."""
@@ -91,12 +102,48 @@ class ChannelMasks:
 
     @torch.no_grad()
     def flow_step(self, eta: float, pressure: Mapping[str, torch.Tensor], cap: float) -> None:
-        """``m ← clip(m − η (∂KD/∂m + β S̃), 0, min(1, cap))`` on removed channels; kept stay 1."""
+        """``m ← clip(m − η (∂KD/∂m + β S̃), 0, min(1, cap))`` on removed channels; kept stay 1.
+
+        With ``select``, every channel's *flow value* ``v`` (starting at 1) moves by the same rule without the
+        cap, and the removed set becomes, per group, the plan's number of units with the lowest mean ``v``
+        (the plan's own choice first on ties): those masks are ``min(v, cap)``, the rest 1. A unit the flow
+        stops pushing down leaves the set at its mask of 1; one it pushes harder enters at ``min(v, cap)``.
+        """
+        cap = max(0.0, min(1.0, cap))
         for gid, m in self.values.items():
             grad = m.grad if m.grad is not None else torch.zeros_like(m)
-            new = (m - eta * (grad + pressure[gid].to(m.device))).clamp(0.0, max(0.0, min(1.0, cap)))
+            step = eta * (grad + pressure[gid].to(m.device))
+            if self.select:
+                self.flow[gid] = (self.flow[gid] - step).clamp(0.0, 1.0)
+                self.removed[gid] = self._lowest_units(gid)
+                new = self.flow[gid].clamp(max=cap)
+            else:
+                new = (m - step).clamp(0.0, cap)
             m.copy_(torch.where(self.removed[gid], new, torch.ones_like(m)))
             m.grad = None
+
+    def _lowest_units(self, gid: str) -> torch.Tensor:
+        """The channels of the ``n`` units with the lowest mean flow value, ``n`` the plan's removed units."""
+        unit, planned = self.unit[gid], self.planned[gid].to(self.flow[gid].device)
+        units = int(unit.max()) + 1
+        count = torch.zeros(units, device=unit.device).scatter_add_(0, unit, torch.ones_like(self.flow[gid]))
+        mean = torch.zeros(units, device=unit.device).scatter_add_(0, unit, self.flow[gid]) / count
+        in_plan = torch.zeros(units, device=unit.device).scatter_add_(0, unit, planned.float()) > 0
+        n = int(in_plan.sum())
+        order = sorted(range(units), key=lambda u: (float(mean[u]), not bool(in_plan[u]), u))
+        chosen = torch.zeros(units, dtype=torch.bool, device=unit.device)
+        chosen[order[:n]] = True
+        return chosen[unit]
+
+    def plan(self, plan: PruningPlan) -> PruningPlan:
+        """``plan`` with each masked group keeping the channels outside its current removed set."""
+        groups = [dataclasses.replace(gp, keep=tuple(int(c) for c in (~self.removed[gp.id]).nonzero().flatten()))
+                  if gp.id in self.removed else gp for gp in plan.groups]
+        return dataclasses.replace(plan, groups=tuple(groups))
+
+    def swapped(self) -> int:
+        """Channels whose fate differs from the plan's (removed here, kept there, or the reverse) / 2."""
+        return int(sum(int((self.removed[g].cpu() != self.planned[g]).sum()) for g in self.removed)) // 2
 
     def removed_max(self) -> float:
         """The largest mask value among removed channels (0 once all are off)."""
@@ -121,7 +168,7 @@ def flow_pressure(model: nn.Module, graph: PruneGraph, masks: ChannelMasks, batc
 def soft_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor, train: Dataset, calib: Dataset,
                soft: SoftSettings, settings: DistillSettings, labeled: bool,
                on_step: Callable[[int, float], None] | None = None,
-               probe: phased.Probe | None = None) -> tuple[nn.Module, dict]:
+               probe: phased.Probe | None = None) -> tuple[nn.Module, PruningPlan, dict]:
     """Soft masks for ``soft.steps`` steps on a copy of ``model``, hard removal, then plain KD.
 
     Args:
@@ -135,14 +182,15 @@ def soft_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
         probe: The run's calibration metric of a model, sampled about ten times for the loss/metric curve.
 
     Returns:
-        The pruned model (plan applied) and the record of both phases.
+        The pruned model, the plan it applied (``plan``, or with ``soft.select`` the flow's choice of channels at
+        the plan's widths) and the record of both phases.
     """
     k_steps, total = soft.steps, settings.steps
     phased.check_phase_steps(k_steps, total)
     teacher = model.eval()
     student = phased.start_student(model, plan)
     graph = PruneGraph(student, example_input, plan.ignore)  # traced before any hook exists
-    masks = ChannelMasks(student, graph, plan)
+    masks = ChannelMasks(student, graph, plan, soft.select)
     device = next(student.parameters()).device
     score_data = [b for _, b in zip(range(max(1, soft.score_batches)),
                                     DataLoader(calib, batch_size=settings.batch_size, shuffle=False))]
@@ -151,16 +199,18 @@ def soft_prune(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
 
     mask_max, passes, ref = _soft_phase(student, teacher, graph, masks, score_data, check_x, train, soft,
                                         settings, labeled, on_step, trace, probe, every)
-    pruned, diff = phased.hard_remove(student, example_input, plan, check_x, ref, "the soft masks")
+    final_plan = masks.plan(plan) if soft.select else plan
+    pruned, diff = phased.hard_remove(student, example_input, final_plan, check_x, ref, "the soft masks")
     plain = phased.finish(pruned, teacher, train, settings, k_steps, labeled, trace, on_step, probe, every)
     losses = trace.losses[:k_steps]
     n = max(1, len(losses) // 10)
     phase = {"steps": k_steps, "beta": soft.beta, "eta": soft.eta, "rescore_every": soft.rescore_every,
              "removed_channels": int(sum(int(r.sum()) for r in masks.removed.values())),
              "loss_first": sum(losses[:n]) / n, "loss_last": sum(losses[-n:]) / n,
-             "mask_max": [round(v, 4) for v in mask_max], "score_passes": passes, "hard_removal_max_abs": diff}
+             "mask_max": [round(v, 4) for v in mask_max], "score_passes": passes, "hard_removal_max_abs": diff,
+             "select": soft.select, "swapped_channels": masks.swapped() if soft.select else None}
     rec = phased.record("gradflow", settings, k_steps, trace, plain, phase)
-    return pruned.eval(), {**rec, "soft": phase}
+    return pruned.eval(), final_plan, {**rec, "soft": phase}
 
 
 def _soft_phase(student: nn.Module, teacher: nn.Module, graph: PruneGraph, masks: ChannelMasks, score_data: list,

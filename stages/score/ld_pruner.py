@@ -47,53 +47,14 @@ from torch import nn
 from core.errors import ConfigError, did_you_mean
 from stages.model.blocks import removable_blocks
 from stages.model.contract import ContractModel
+from stages.score._moments import Moments, ld_score
 from stages.score.base import Needs, ScoreContext, ScoreResult, register
 
 SOURCE = "LD-Pruner, Castells et al., arXiv 2404.11936 / CVPRW'24 (methods.md §7) [RECON]"
 LATENT = "output"
 INTERVENTIONS = ("zero", "mean")
+SAMPLED_STEPS = 10  # K of the sampled-latent variant on a diffusion model (DDIM steps)
 SAMPLES = 16  # m, the calibration samples every structure is scored on; cost is O(structures x m)
-
-
-class Moments:
-    """Element-wise mean and population std over samples, for ``replicas`` latents at once.
-
-    Sums are float64 and shifted by a reference value (the first batch's sample mean), so a large
-    common offset does not cancel catastrophically in ``E[z^2] - E[z]^2``.
-    """
-
-    def __init__(self, replicas: int = 1) -> None:
-        self.replicas = replicas
-        self.n = torch.zeros(replicas, dtype=torch.float64)
-        self.shift: torch.Tensor | None = None
-        self.s1: torch.Tensor | None = None
-        self.s2: torch.Tensor | None = None
-
-    def add(self, part: torch.Tensor, start: int = 0) -> None:
-        """``part``: ``[k, batch, *latent]``, the samples of replicas ``start : start + k``."""
-        part = part.detach().to(torch.float64)
-        if self.s1 is None:
-            self.shift = part[0].mean(0)
-            self.s1 = torch.zeros((self.replicas, *part.shape[2:]), dtype=torch.float64)
-            self.s2 = torch.zeros_like(self.s1)
-        d = part - self.shift
-        sl = slice(start, start + part.shape[0])
-        self.s1[sl] += d.sum(1)
-        self.s2[sl] += (d * d).sum(1)
-        self.n[sl] += part.shape[1]
-
-    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``([replicas, *latent], [replicas, *latent])``."""
-        n = self.n.view(-1, *([1] * (self.s1.dim() - 1)))
-        m = self.s1 / n
-        var = (self.s2 / n - m * m).clamp_min(0)
-        return m + self.shift, var.sqrt()
-
-
-def ld_score(ref_mean: torch.Tensor, ref_std: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``||mu - mu_o|| + ||sigma - sigma_o||`` per replica (first dim of ``mean``/``std``)."""
-    j = mean.shape[0]
-    return ((mean - ref_mean).reshape(j, -1).norm(dim=1) + (std - ref_std).reshape(j, -1).norm(dim=1)).float()
 
 
 class Latent:
@@ -296,12 +257,55 @@ def calib_samples(batches: Iterable[torch.Tensor], samples: int) -> list[torch.T
     return out
 
 
+def sampler_steps(model: nn.Module, option: object) -> int:
+    """The ``steps`` option: ``auto`` is :data:`SAMPLED_STEPS` for a diffusion model (a ``diffusion`` schedule,
+    :mod:`stages.model.diffusion`) and 0 (one forward pass on the calibration inputs) otherwise."""
+    diffusion = getattr(model, "diffusion", None) is not None
+    if option in (None, "auto"):
+        return SAMPLED_STEPS if diffusion else 0
+    try:
+        steps = int(option)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ld-pruner steps={option!r} is not an integer", hint="use auto, 0 or a step count") from None
+    if steps < 0 or (steps and not diffusion):
+        raise ConfigError(f"ld-pruner steps={steps} needs a diffusion model (sampled latents)" if steps > 0 else
+                          f"ld-pruner steps={steps} is negative",
+                          hint="use steps=0 (one forward pass on the calibration inputs) for this model")
+    return steps
+
+
+def _sampled_scores(ctx: ScoreContext, steps: int, samples: int, with_blocks: bool) -> ScoreResult:
+    """The K-step variant (:mod:`stages.score.ld_sampled`): channels and blocks on the final sampled latents."""
+    from stages.score.ld_sampled import score_sampled
+
+    groups = ctx.graph.groups()
+    blocks = removable_blocks(ctx.model, ctx.graph.example_input) if with_blocks else []
+    structures = [("block", b) for b in blocks] + [("channel", (g.id, c)) for g in groups for c in range(g.width)]
+    t0 = time.perf_counter()
+    flat, calls = score_sampled(ctx.model, structures, ctx.graph.channel_sites(), samples, steps)
+    at = len(blocks)
+    scores = {}
+    for g in groups:
+        scores[g.id] = torch.tensor(flat[at:at + g.width])
+        at += g.width
+    return ScoreResult(scores, blocks=dict(zip(blocks, flat[:len(blocks)])) if with_blocks else None,
+                       passes={"forward": calls["sample_rows"] // max(samples, 1)},
+                       meta={"forward_calls": calls["sample_calls"], "samples": samples, "sampler_steps": steps,
+                             "sampled_s": round(time.perf_counter() - t0, 3)})
+
+
 @register("ld-pruner", needs=Needs(forward=True), granularity="channel", source=SOURCE,
-          summary="||d mean|| + ||d std|| of the output (or a latent) over calibration samples when one "
-                  "channel / residual block is removed; label-free",
-          params={"latent": LATENT, "blocks": True, "intervention": "zero", "samples": SAMPLES})
+          summary="||d mean|| + ||d std|| of the output (or a latent; a diffusion model's sampled latents) "
+                  "when one channel / residual block is removed; label-free",
+          params={"latent": LATENT, "blocks": True, "intervention": "zero", "samples": SAMPLES, "steps": "auto"})
 @torch.no_grad()
 def ld_pruner(ctx: ScoreContext) -> ScoreResult:
+    steps = sampler_steps(ctx.model, ctx.options.get("steps", "auto"))
+    if steps:
+        samples = int(ctx.options.get("samples", SAMPLES))
+        if samples < 2:
+            raise ConfigError(f"ld-pruner samples={samples}: a std needs at least 2 samples", hint=f"default {SAMPLES}")
+        return _sampled_scores(ctx, steps, samples, bool(ctx.options.get("blocks", True)))
     latent = str(ctx.options.get("latent", LATENT))
     mode = str(ctx.options.get("intervention", "zero"))
     if mode not in INTERVENTIONS:

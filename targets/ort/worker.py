@@ -65,8 +65,10 @@ _NUMPY_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tenso
 
 
 def feed_of(inputs, x):
-    """A packed batch (``stages.model.contract``) as a session's feed: one input takes ``x``; several take
-    ``x[:, i]`` each; every array is cast to its input's type. ``inputs`` are ``session.get_inputs()``."""
+    """A packed batch (``stages.model.contract``) as a session's feed: one input takes ``x``; several of one
+    shape and type take ``x[:, i]`` each (stacked); several of different shapes or types take their slice of
+    each flattened row, in order, reshaped (flat). Every array is cast to its input's type. ``inputs`` are
+    ``session.get_inputs()``."""
     import numpy as np
 
     def cast(a, inp):
@@ -74,7 +76,15 @@ def feed_of(inputs, x):
 
     if len(inputs) == 1:
         return {inputs[0].name: cast(x, inputs[0])}
-    return {inp.name: cast(x[:, i], inp) for i, inp in enumerate(inputs)}
+    if all((list(i.shape[1:]), i.type) == (list(inputs[0].shape[1:]), inputs[0].type) for i in inputs):
+        return {inp.name: cast(x[:, i], inp) for i, inp in enumerate(inputs)}
+    rows, feed, at = np.asarray(x).reshape(len(x), -1), {}, 0
+    for inp in inputs:
+        dims = [int(d) for d in inp.shape[1:]]
+        n = int(np.prod(dims)) if dims else 1
+        feed[inp.name] = cast(rows[:, at:at + n].reshape(len(x), *dims), inp)
+        at += n
+    return feed
 
 
 def _feed(sess, batch: int, sample_shape: list[int]):

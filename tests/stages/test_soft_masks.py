@@ -70,7 +70,7 @@ def test_masks_follow_the_ramp_and_are_exactly_zero_at_step_k():
     plan = _plan(model)
     k = 4
     seen = []
-    pruned, rec = soft_prune(model, plan, EX, _data(), _data(16), SoftSettings(k), DistillSettings(steps=6, batch_size=8),
+    pruned, _, rec = soft_prune(model, plan, EX, _data(), _data(16), SoftSettings(k), DistillSettings(steps=6, batch_size=8),
                              labeled=True, on_step=lambda s, loss: seen.append(s))
     soft = rec["soft"]
     assert seen == list(range(1, 7))
@@ -89,7 +89,7 @@ def test_masks_follow_the_ramp_and_are_exactly_zero_at_step_k():
 
 def test_all_steps_soft_leaves_no_plain_steps():
     model = _model()
-    _, rec = soft_prune(model, _plan(model), EX, _data(), _data(16), SoftSettings(2),
+    _, _, rec = soft_prune(model, _plan(model), EX, _data(), _data(16), SoftSettings(2),
                         DistillSettings(steps=2, batch_size=8), labeled=False)
     assert rec["plain"] == {"steps": 0} and rec["soft"]["mask_max"] == [0.5, 0.0]
 
@@ -120,3 +120,33 @@ def test_soft_steps_beyond_the_total_are_a_config_error():
     with pytest.raises(ConfigError, match="soft_steps"):
         soft_prune(model, _plan(model), EX, _data(), _data(16), SoftSettings(5), DistillSettings(steps=4),
                    labeled=True)
+
+
+def test_select_lets_the_flow_choose_the_removed_channels_at_the_plans_widths():
+    model = _model()
+    plan = _plan(model)
+    pruned, chosen, rec = soft_prune(model, plan, EX, _data(), _data(16), SoftSettings(4, eta=5.0, select=True),
+                                     DistillSettings(steps=5, batch_size=8), labeled=True)
+    soft = rec["soft"]
+    assert soft["select"] and isinstance(soft["swapped_channels"], int)
+    assert {g.id: len(g.keep) for g in chosen.groups} == {g.id: len(g.keep) for g in plan.groups}
+    assert soft["hard_removal_max_abs"] < 1e-4 and soft["mask_max"][-1] == 0.0
+    widths = {g.id: g.width for g in PruneGraph(pruned, EX).groups()}
+    assert widths == {g.id: len(g.keep) for g in plan.groups}
+
+
+def test_select_picks_the_units_with_the_lowest_flow_value():
+    model = _model()
+    plan = _plan(model)
+    graph = PruneGraph(model, EX)
+    masks = ChannelMasks(model, graph, plan, select=True)
+    gid = next(iter(masks.values))
+    n = int(masks.removed[gid].sum())
+    keep = next(g for g in plan.groups if g.id == gid).keep
+    masks.flow[gid][list(keep)[:n]] = 0.0  # the flow pushed the plan's kept channels down instead
+    assert torch.equal(masks._lowest_units(gid).nonzero().flatten(), torch.tensor(sorted(keep)[:n]))
+    with pytest.raises(ConfigError, match="soft_steps"):
+        from stages.recover import RECOVERIES, RecoveryJob
+
+        RECOVERIES.get("distill")(RecoveryJob(model, model, plan, EX, _data(), _data(), DistillSettings(steps=2),
+                                              True, options={"select": True}))

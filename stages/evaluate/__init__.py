@@ -57,6 +57,8 @@ class Evaluator:
         reference: For label-free evaluators: the unpruned model's batch output -> per-sample labels.
         loss: The kind of task loss gradient criteria differentiate for this metric
             (:mod:`stages.model.losses`: classes, next-token, features).
+        negated: For a lower-is-better quantity reported negated (so that every search reads "higher is
+            better" and ``--max-accuracy-drop D`` reads "may rise by at most D"): its name, e.g. ``FD``.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Evaluator:
     summary: str
     reference: Reference | None = None
     loss: str = "classes"
+    negated: str | None = None
 
     def __call__(self, runner, data: Dataset, batch_size: int = 64) -> float:
         return self.fn(runner, data, batch_size)
@@ -76,13 +79,13 @@ EVALUATORS: Registry[Evaluator] = Registry("evaluator")
 
 
 def register(name: str, *, needs_labels: bool, unit: str, higher_is_better: bool, summary: str,
-             reference: Reference | None = None, aliases: tuple[str, ...] = (), loss: str = "classes"
-             ) -> Callable[[EvalFn], EvalFn]:
+             reference: Reference | None = None, aliases: tuple[str, ...] = (), loss: str = "classes",
+             negated: str | None = None) -> Callable[[EvalFn], EvalFn]:
     """Decorator: register ``fn(runner, data, batch_size) -> score`` as evaluator ``name``."""
 
     def deco(fn: EvalFn) -> EvalFn:
-        EVALUATORS.add(name, Evaluator(name, fn, needs_labels, unit, higher_is_better, summary, reference, loss),
-                       aliases=aliases)
+        EVALUATORS.add(name, Evaluator(name, fn, needs_labels, unit, higher_is_better, summary, reference, loss,
+                                       negated), aliases=aliases)
         return fn
 
     return deco
@@ -235,6 +238,8 @@ def format_score(metric: str, value: float | None, data: Dataset | None = None) 
     ev = EVALUATORS.get(metric) if metric in EVALUATORS else None
     if ev is None or ev.unit == "%":
         return f"{value:.2f}%"
+    if ev.negated:
+        return f"{ev.negated} {-value:.4g}"
     if ev.name == "perplexity":
         ppl = f"ppl {perplexity_of(value, data):.2f}, " if data is not None else "ppl "
         return f"{value:.2f} ({ppl}{round(100.0 - value, 1) + 0.0:+.1f}%)"  # + 0.0: no "-0.0%"
@@ -278,3 +283,6 @@ class TorchRunner:
     def run(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self.model(torch.from_numpy(x)).numpy()
+
+
+from stages.evaluate import generative  # noqa: E402,F401 - registers fid-digits and denoise-loss

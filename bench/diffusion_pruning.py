@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import tempfile
 import time
@@ -64,6 +65,7 @@ CRITERIA_RUN = (  # (label, criterion, options)
     ("LD-Pruner K-step", "ld-pruner", {"steps": "10"}),
     ("LD-Pruner single-step", "ld-pruner", {"steps": "0", "blocks": False}),
     ("gradient flow", "gradient-flow", {}),
+    ("Taylor (denoising loss)", "taylor", {}),
 )
 TIMING = MeasureSettings(threads=1, min_duration_s=0.4, warmup_s=0.2, min_iters=30)
 
@@ -73,13 +75,22 @@ def main() -> None:
     ap.add_argument("--speedups", default="1.5,2")
     ap.add_argument("--steps", type=int, default=300, help="recovery steps (the same for every row)")
     ap.add_argument("--out", type=Path, default=RESULTS / "diffusion_pruning")
+    ap.add_argument("--only", default="", help="comma-separated criterion labels to (re)run; the other rows of the "
+                                                "existing results are kept (use with --ratios for the same widths)")
+    ap.add_argument("--ratios", default="", help="BUDGET=RATIO,... use these uniform ratios instead of bisecting")
     a = ap.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     lm, data = load_inputs(ModelRequest("example:digits-ddpm"), None, 0)
     example = torch.zeros((2, *lm.input_shape))
     t0 = time.perf_counter()
-    scores, score_meta = score_all(lm.module, example, data)
+    run = [c for c in CRITERIA_RUN if not a.only or c[0] in a.only.split(",")]
+    fixed = {float(k): float(v) for k, v in (kv.split("=") for kv in a.ratios.split(",") if kv)}
+    old = json.loads(a.out.with_suffix(".json").read_text()) if a.only and a.out.with_suffix(".json").is_file() else {}
+    kept = [r for r in old.get("rows", []) if r["criterion"] not in {c[0] for c in run} | {"unpruned"}]
+    scores, score_meta = score_all(lm.module, example, data, run if fixed else
+                                   [*run, *(c for c in CRITERIA_RUN if c[0] == "magnitude" and c not in run)])
+    score_meta = {**old.get("scores", {}), **score_meta}
     test = data.test
     ref_feats = test.reference_features()
     base_samples = generate(TorchRunner(lm.module), test, len(test.images))
@@ -91,16 +102,20 @@ def main() -> None:
                 "latent_statistic": latent_statistic(samples, base_samples), "_samples": samples[:32]}
 
     rows = [{"budget": None, "criterion": "unpruned", "recovery": "-", **judged(lm.module)}]
+    searches = {}
     base_macs = count_macs_params(lm.module, example)[0]
     target = CpuTarget({})
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
         tmp = Path(tmp)
         for budget in (float(s) for s in a.speedups.split(",")):
-            ratio, search = ratio_for(lm.module, example, scores["magnitude"], budget, target, tmp)
-            print(f"{budget}x: uniform ratio {ratio:.3f} ({search[-1]['speedup']:.2f}x measured)", flush=True)
+            if budget in fixed:
+                ratio, searches[budget] = fixed[budget], [{"ratio": fixed[budget], "given": True}]
+            else:
+                ratio, searches[budget] = ratio_for(lm.module, example, scores["magnitude"], budget, target, tmp)
+            print(f"{budget}x: uniform ratio {ratio:.3f}", flush=True)
             models = {}
             groups = PruneGraph(copy.deepcopy(lm.module), example).groups()
-            for label, _, _ in CRITERIA_RUN:
+            for label, _, _ in run:
                 plan = make_plan(groups, scores[label], uniform_ratios(groups, ratio), None)
                 oneshot = apply_plan(lm.module, example, plan)
                 rows.append({"budget": budget, "criterion": label, "recovery": "one-shot", **judged(oneshot)})
@@ -119,19 +134,20 @@ def main() -> None:
                     r.update(ratio=ratio, mac_reduction=base_macs / macs, **timing.get((r["criterion"], r["recovery"]), {}))
             grids = {"unpruned": rows[0]["_samples"][:16]}
             grids.update({f"{r['criterion']}\n{r['recovery']}": r["_samples"][:16] for r in rows if r["budget"] == budget})
-            (RESULTS / f"diffusion_samples_{budget:g}x.png").write_bytes(samples_png(grids, cols=4))
-            write(a.out, rows, score_meta, a.steps, time.perf_counter() - t0)
-    write(a.out, rows, score_meta, a.steps, time.perf_counter() - t0, echo=True)
+            suffix = "" if len(run) == len(CRITERIA_RUN) else "_" + "_".join(c[1] for c in run)
+            (RESULTS / f"diffusion_samples_{budget:g}x{suffix}.png").write_bytes(samples_png(grids, cols=4))
+            write(a.out, rows + kept, score_meta, a.steps, time.perf_counter() - t0, searches)
+    write(a.out, rows + kept, score_meta, a.steps, time.perf_counter() - t0, searches, echo=True)
 
 
 def strip(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.startswith("_")}
 
 
-def score_all(model, example, data) -> tuple[dict, dict]:
-    """Channel scores of every criterion, and their cost and the K-step / single-step agreement."""
+def score_all(model, example, data, criteria) -> tuple[dict, dict]:
+    """Channel scores of ``criteria``, their cost and (both run) the K-step / single-step LD-Pruner agreement."""
     scores, meta = {}, {}
-    for label, name, options in CRITERIA_RUN:
+    for label, name, options in criteria:
         work = copy.deepcopy(model).eval()
         graph = PruneGraph(work, example)
         t0 = time.perf_counter()
@@ -141,6 +157,8 @@ def score_all(model, example, data) -> tuple[dict, dict]:
         meta[label] = {"seconds": round(time.perf_counter() - t0, 1), "options": options,
                        "blocks": {k: round(v, 4) for k, v in (res.blocks or {}).items()}}
         print(f"scored {label} in {meta[label]['seconds']} s", flush=True)
+    if not {"LD-Pruner K-step", "LD-Pruner single-step"} <= set(scores):
+        return scores, meta
     k, one = (torch.cat([scores[lab][g] for g in sorted(scores[lab])]) for lab in ("LD-Pruner K-step", "LD-Pruner single-step"))
     meta["ld_agreement_spearman"] = spearman(k, one)
     meta["ld_agreement_per_group"] = {g: spearman(scores["LD-Pruner K-step"][g], scores["LD-Pruner single-step"][g])
@@ -216,12 +234,14 @@ def measure(base, models: dict, folder: Path, target, test) -> dict:
     return out
 
 
-def write(out: Path, rows: list[dict], score_meta: dict, steps: int, seconds: float, echo: bool = False) -> None:
+def write(out: Path, rows: list[dict], score_meta: dict, steps: int, seconds: float, searches: dict,
+          echo: bool = False) -> None:
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": cpu_name(),
               "versions": {k: v for k, v in versions().items() if k in ("torch", "python", "onnxruntime")},
               "settings": {"recovery_steps": steps, "sampler_steps": SAMPLER_STEPS, "timing_threads": 1,
                            "criteria": [list(c[:2]) + [c[2]] for c in CRITERIA_RUN]},
-              "scores": score_meta, "wall_s": round(seconds, 1), "rows": [strip(r) for r in rows]}
+              "scores": score_meta, "wall_s": round(seconds, 1), "ratio_search": {f"{b:g}": v for b, v in searches.items()},
+              "rows": [strip(r) for r in rows]}
     write_results(out, report, markdown, echo=echo)
 
 

@@ -218,8 +218,14 @@ def searches(pattern: Annotated[str, typer.Argument(help="glob over names")] = "
 def metrics(pattern: Annotated[str, typer.Argument(help="glob over names")] = "*") -> None:
     """List the evaluators (--metric): what each needs, its unit (the unit of --max-accuracy-drop) and direction."""
     from stages.evaluate import EVALUATORS
+    from stages.evaluate.generative import GENERATIVE
 
-    rows = [(ev.name, "labels" if ev.needs_labels else "the unpruned model (label-free)", ev.unit,
+    def needs(ev) -> str:
+        if ev.name in GENERATIVE:
+            return "a diffusion model and a denoising split (data digits-ddpm)"
+        return "labels" if ev.needs_labels else "the unpruned model (label-free)"
+
+    rows = [(ev.name, needs(ev), ev.unit,
              "higher" if ev.higher_is_better else "lower", ev.summary)
             for ev in map(EVALUATORS.get, EVALUATORS.names(pattern))]
     _print_table(("metric", "needs", "unit", "better", "what"), rows)

@@ -97,6 +97,10 @@ def _check_criterion_fits(cfg, lm, data) -> None:
         raise SpecError(f"criterion '{crit.name}' reads the probability of a class; model '{lm.spec}' is judged by "
                         f"'{data.metric}' (its output is not class logits)",
                         hint="use a criterion for any output: wanda, stade, magnitude-l2, sbpf or ld-pruner")
+    if crit.name == "ld-pruner":  # sampled latents need a diffusion model: say so before the baseline
+        from stages.score.ld_pruner import sampler_steps
+
+        sampler_steps(lm.module, crit.resolve_options(cfg.criterion_options).get("steps"))
 
 
 def _class_accuracy(metric: str) -> bool:

@@ -178,6 +178,9 @@ def verdict(budgets: Budgets, m: Observed, *, baseline_ms: float | None = None) 
         if m.unit == "%":
             v.append(f"{m.metric} drop {drop:.2f} pts > allowed {budgets.max_accuracy_drop:.2f} pts "
                      f"({budgets.baseline_accuracy:.2f}% -> {m.accuracy:.2f}%)")
+        elif m.unit.startswith("-"):  # a lower-is-better quantity scored negated (fid-digits: -FD)
+            v.append(f"{m.metric}: {m.unit[1:].split(' ')[0]} rose by {drop:.2f} > allowed "
+                     f"{budgets.max_accuracy_drop:.2f} ({-budgets.baseline_accuracy:.3f} -> {-m.accuracy:.3f})")
         else:
             v.append(f"{m.metric} drop {drop:.2f} > allowed {budgets.max_accuracy_drop:.2f} "
                      f"({budgets.baseline_accuracy:.2f} -> {m.accuracy:.2f}, in {m.unit})")

@@ -336,11 +336,35 @@ class PruneGraph:
             out[info.id] = slices
         return out
 
+    def site_index(self) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Per group id, for each of its :meth:`channel_sites` whose output does not carry the group's channels
+        as its own channels ``0..width-1`` in order (a norm after a concatenation, a U-Net decoder's): ``(index,
+        channel)``, output channel ``index[i]`` carrying group channel ``channel[i]``. Sites absent here map
+        one to one."""
+        sites = self.channel_sites()
+        out: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        for info, g in self._tp_groups():
+            maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            for i, (dep, idxs) in enumerate(g):
+                name = self._names.get(dep.target.module)
+                root = g[i].root_idxs
+                if name not in sites.get(info.id, ()) or name in maps or any(r is None for r in root):
+                    continue
+                index = torch.as_tensor(list(idxs), dtype=torch.long)
+                channel = torch.as_tensor(list(root), dtype=torch.long)
+                width = _site_width(dep.target.module)
+                if not (width == info.width and torch.equal(index, channel)):
+                    maps[name] = (index, channel)
+            out[info.id] = maps
+        return out
+
     def channel_sites(self) -> dict[str, tuple[str, ...]]:
         """Per group id, the modules whose outputs carry the group's channels downstream.
 
         These are the group's norm layers (BatchNorm, LayerNorm, GroupNorm) and the conv/linear
-        producers whose output does not go straight into one of the group's norm layers. Zeroing
+        producers whose output is read by anything other than the group's norm layers (a U-Net stem
+        feeds a norm *and* the residual add: it is a site). A site's output may carry the group's
+        channels at an offset (a norm after a concatenation): :meth:`site_index`. Zeroing
         channel ``c`` at every site zeroes it wherever the network reads it (for activations with
         f(0) = 0), which makes removing the channel exact.
         """
@@ -357,7 +381,7 @@ class PruneGraph:
             for m in outs:
                 if not isinstance(m, _NORMS):
                     node = self._dg.module2node.get(m)
-                    if node is not None and any(n.module in norms for n in node.outputs):
+                    if node is not None and node.outputs and all(n.module in norms for n in node.outputs):
                         continue
                 keep.append(self._names[m])
             sites[info.id] = tuple(keep)
@@ -495,6 +519,15 @@ def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[in
 
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def _site_width(layer: nn.Module) -> int | None:
+    """The channel count of a site's output (conv / linear outputs, norm features)."""
+    for attr in ("out_channels", "out_features", "num_features", "num_channels"):
+        if isinstance(getattr(layer, attr, None), int):
+            return int(getattr(layer, attr))
+    shape = getattr(layer, "normalized_shape", None)
+    return int(shape[-1]) if shape else None
 
 
 def _out_dim(layer: nn.Module) -> int | None:

@@ -103,7 +103,7 @@ class FamilyMasks:
                  device: torch.device | None = None) -> None:
         infos = {g.id: g for g in graph.groups()}
         modules = dict(model.named_modules())
-        sites = graph.channel_sites()
+        sites, maps = graph.channel_sites(), graph.site_index()
         self.settings = settings
         self.infos: dict[str, GroupInfo] = {}
         self.m: dict[str, torch.Tensor] = {}
@@ -111,7 +111,7 @@ class FamilyMasks:
         self.family: dict[str, str] = {}
         kept: dict[str, list[float]] = {}
         self.units: dict[str, int] = {}
-        self._sites: list[tuple[nn.Module, str]] = []
+        self._sites: list[tuple[nn.Module, str, phased.SiteMap]] = []
         for gp in plan.groups:
             info = infos.get(gp.id)
             if info is None or info.width != gp.width:
@@ -125,7 +125,7 @@ class FamilyMasks:
             self.infos[gp.id], self.family[gp.id], self.unit[gp.id] = info, fam, unit_index(info).to(device)
             init = self._initial(info, info.units, scores.get(gp.id) if scores is not None else None)
             self.m[gp.id] = init.detach().to(device).requires_grad_(True)
-            self._sites += [(modules[name], gp.id) for name in sites[gp.id]]
+            self._sites += phased.site_entries(modules, sites[gp.id], gp.id, maps[gp.id])
         # the family's target count: the plan's mean kept fraction, in whole units, at least one
         self.target = {f: max(1, round(sum(v) / len(v) * self.units[f])) for f, v in kept.items()}
         self.s = {f: 1.0 for f in kept}

@@ -112,19 +112,34 @@ def record(method: str, settings: DistillSettings, k_steps: int, trace: Trace, p
             "phase": phase, "plain": plain, "curve": trace.curve()}
 
 
+SiteMap = tuple[torch.Tensor, torch.Tensor] | None  # (output channel index, group channel) pairs; None: one to one
+
+
+def site_entries(modules: dict[str, nn.Module], names: Sequence[str], gid: str,
+                 maps: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[nn.Module, str, SiteMap]]:
+    """The ``site_masks`` entries of group ``gid`` at its sites ``names`` (maps: :meth:`PruneGraph.site_index`)."""
+    return [(modules[n], gid, maps.get(n)) for n in names]
+
+
 @contextmanager
-def site_masks(sites: Sequence[tuple[nn.Module, str]], mask_of: Callable[[str], torch.Tensor]) -> Iterator[None]:
+def site_masks(sites: Sequence[tuple[nn.Module, str, SiteMap]], mask_of: Callable[[str], torch.Tensor]
+               ) -> Iterator[None]:
     """Forward hooks that multiply each channel site's output by ``mask_of(group)`` (channels on the last
-    axis for Linear / LayerNorm outputs, else on axis 1), removed on exit."""
-    def hook(mod: nn.Module, gid: str) -> Callable:
+    axis for Linear / LayerNorm outputs, else on axis 1), removed on exit. A site whose output carries the
+    group's channels elsewhere (a norm after a concatenation) multiplies only those, by its map."""
+    def hook(mod: nn.Module, gid: str, where: SiteMap) -> Callable:
         last = isinstance(mod, (nn.Linear, nn.LayerNorm))
 
         def fn(_mod, _inp, out):
             mask = mask_of(gid).to(out.device, out.dtype)
+            if where is not None:
+                index, channel = (t.to(out.device) for t in where)
+                full = torch.ones(out.shape[-1 if last else 1], device=out.device, dtype=out.dtype)
+                mask = full.index_put((index,), mask[channel])
             return out * (mask if last else mask.view(1, -1, *([1] * (out.dim() - 2))))
         return fn
 
-    hooks = [mod.register_forward_hook(hook(mod, gid)) for mod, gid in sites]
+    hooks = [mod.register_forward_hook(hook(mod, gid, where)) for mod, gid, where in sites]
     try:
         yield
     finally:

@@ -64,7 +64,7 @@ class ChannelMasks:
 
     def __init__(self, model: nn.Module, graph: PruneGraph, plan: PruningPlan, select: bool = False) -> None:
         modules = dict(model.named_modules())
-        sites = graph.channel_sites()
+        sites, maps = graph.channel_sites(), graph.site_index()
         infos = {g.id: g for g in graph.groups()}
         widths = {g.id: g.width for g in infos.values()}
         self.values: dict[str, torch.Tensor] = {}
@@ -73,7 +73,7 @@ class ChannelMasks:
         self.flow: dict[str, torch.Tensor] = {}  # select: every channel's mask as the flow alone would move it
         self.unit: dict[str, torch.Tensor] = {}  # select: the unit (channel, head, conv position) of each channel
         self.planned: dict[str, torch.Tensor] = {}
-        self._sites: list[tuple[nn.Module, str]] = []
+        self._sites: list[tuple[nn.Module, str, phased.SiteMap]] = []
         for gp in plan.groups:
             if gp.id not in widths or widths[gp.id] != gp.width:
                 raise StageError(f"plan group '{gp.id}' (width {gp.width}) does not match the unpruned model",
@@ -86,7 +86,7 @@ class ChannelMasks:
             self.values[gp.id] = torch.ones(gp.width, device=device, requires_grad=True)
             self.removed[gp.id] = removed.to(device)
             self.planned[gp.id] = removed.clone()
-            self._sites += [(modules[name], gp.id) for name in sites[gp.id]]
+            self._sites += phased.site_entries(modules, sites[gp.id], gp.id, maps[gp.id])
             if select:
                 info = infos[gp.id]
                 self.unit[gp.id] = torch.tensor([info.unit_of(c) for c in range(gp.width)], device=device)

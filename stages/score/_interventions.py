@@ -427,7 +427,8 @@ def _chunk_sizes(n_samples: int, n_iv: int, max_batch: int) -> tuple[int, int]:
 def intervened_forward(model: nn.Module, x: torch.Tensor, sites: Mapping[str, Sequence[str]],
                        interventions: Sequence[Intervention], mode: Literal["zero", "mean"] = "zero",
                        means: Mapping[str, torch.Tensor] | None = None, max_batch: int = MAX_BATCH,
-                       runner: ReplicaRunner | None = None) -> torch.Tensor:
+                       runner: ReplicaRunner | None = None,
+                       maps: Mapping[str, Mapping[str, tuple[torch.Tensor, torch.Tensor]]] | None = None) -> torch.Tensor:
     """The model's outputs on ``x`` under each intervention, batched.
 
     Args:
@@ -442,6 +443,9 @@ def intervened_forward(model: nn.Module, x: torch.Tensor, sites: Mapping[str, Se
         max_batch: Most rows (replicas x samples) in one forward pass.
         runner: A :class:`ReplicaRunner` on ``model`` to reuse (it keeps the engine checks and the
             pass counts across calls); by default a new one.
+        maps: Per group id and site, ``(index, channel)`` where the site's output does not carry the group's
+            channels as its own channels in order (a norm after a concatenation:
+            :meth:`stages.model.graph.PruneGraph.site_index`); without it a site's channel ``c`` is the group's.
 
     Returns:
         ``[len(interventions), B, *out]``: output ``j`` is the model's output on ``x`` with
@@ -468,7 +472,9 @@ def intervened_forward(model: nn.Module, x: torch.Tensor, sites: Mapping[str, Se
             for gid, idx in iv.items():
                 if idx.numel():
                     for s in sites[gid]:
-                        per_site.setdefault(s, []).append((j, idx))
+                        where = (maps or {}).get(gid, {}).get(s)
+                        at = idx if where is None else where[0][torch.isin(where[1], idx)]
+                        per_site.setdefault(s, []).append((j, at))
         override = _channel_override(per_site, mode, means)
         for i0 in range(0, n_samples, b):
             xb = x[i0:i0 + b]

@@ -188,7 +188,8 @@ def _identity_rows(lo: int, hi: int) -> Callable:
 
 @torch.no_grad()
 def score_channels(model: nn.Module, groups, batches: Sequence[torch.Tensor], latent: str = LATENT,
-                   intervention: str = "zero", max_batch: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+                   intervention: str = "zero", max_batch: int | None = None,
+                   maps: dict | None = None) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """LD-Pruner importance of every channel of every group, one channel removed at a time.
 
     Where and how a channel is removed is :mod:`stages.score._interventions`' (its sites are the
@@ -231,7 +232,7 @@ def score_channels(model: nn.Module, groups, batches: Sequence[torch.Tensor], la
 
             def run(ivs=ivs, x=x, b=b):
                 return intervened_forward(model, x, sites, ivs, mode=intervention, means=means,
-                                          max_batch=len(ivs) * b, runner=runner)
+                                          max_batch=len(ivs) * b, runner=runner, maps=maps)
 
             alt.add(z_of.during(run, len(ivs), b), chunk.start)
     calls += runner.forwards
@@ -282,7 +283,8 @@ def _sampled_scores(ctx: ScoreContext, steps: int, samples: int, with_blocks: bo
     blocks = removable_blocks(ctx.model, ctx.graph.example_input) if with_blocks else []
     structures = [("block", b) for b in blocks] + [("channel", (g.id, c)) for g in groups for c in range(g.width)]
     t0 = time.perf_counter()
-    flat, calls = score_sampled(ctx.model, structures, ctx.graph.channel_sites(), samples, steps)
+    flat, calls = score_sampled(ctx.model, structures, ctx.graph.channel_sites(), samples, steps,
+                                maps=ctx.graph.site_index())
     at = len(blocks)
     scores = {}
     for g in groups:
@@ -319,7 +321,7 @@ def ld_pruner(ctx: ScoreContext) -> ScoreResult:
         blocks, bpass = score_blocks(ctx.model, batches, removable_blocks(ctx.model, ctx.graph.example_input),
                                      latent)
     t1 = time.perf_counter()
-    scores, cpass = score_channels(ctx.model, ctx.graph.groups(), batches, latent, mode)
+    scores, cpass = score_channels(ctx.model, ctx.graph.groups(), batches, latent, mode, maps=ctx.graph.site_index())
     t2 = time.perf_counter()
     return ScoreResult(scores, blocks=blocks, passes={"forward": bpass["forward"] + cpass["forward"]},
                        meta={"forward_calls": bpass["calls"] + cpass["calls"], "samples": sum(len(x) for x in batches),

@@ -34,7 +34,7 @@ SEED = 4321  # the start noise of the scored samples
 
 
 def _zero_rows(channels: Sequence[tuple[int, int]], m: int, dim: int) -> Callable:
-    """Forward hook: in replica ``j``'s rows (``j*m : (j+1)*m``) set channel ``c`` to 0, for each ``(j, c)``."""
+    """Forward hook: in replica ``j``'s rows (``j*m : (j+1)*m``) set output channel ``c`` to 0, for each ``(j, c)``."""
 
     def hook(mod, args, out):
         out = out.clone()
@@ -69,13 +69,17 @@ def _sampled(model: nn.Module, noise: torch.Tensor, steps: int, hooks: Mapping[s
 
 @torch.no_grad()
 def score_sampled(model: nn.Module, structures: Sequence[tuple[str, object]], sites: Mapping[str, Sequence[str]],
-                  samples: int, steps: int, rows: int | None = None) -> tuple[list[float], dict[str, int]]:
+                  samples: int, steps: int, rows: int | None = None,
+                  maps: Mapping[str, Mapping[str, tuple[torch.Tensor, torch.Tensor]]] | None = None
+                  ) -> tuple[list[float], dict[str, int]]:
     """LD-Pruner scores of ``structures`` on ``K = steps`` sampled latents of ``samples`` start noises.
 
     Args:
         model: A noise predictor with a ``diffusion`` schedule (not modified; hooks are removed).
         structures: ``("channel", (group id, c))`` or ``("block", name)`` items.
         sites: Per group id, the modules whose outputs carry its channels.
+        maps: Per group id and site, ``(index, channel)`` where the site's output channels are not the group's
+            in order (:meth:`stages.model.graph.PruneGraph.site_index`: a norm after a concatenation).
         rows: Rows a model call (default: what keeps the largest activation under 128 MB).
 
     Returns:
@@ -101,7 +105,9 @@ def score_sampled(model: nn.Module, structures: Sequence[tuple[str, object]], si
             else:
                 gid, c = what
                 for site in sites.get(gid, ()):
-                    zero.setdefault(site, []).append((j, int(c)))
+                    where = (maps or {}).get(gid, {}).get(site)
+                    at = [int(c)] if where is None else [int(i) for i in where[0][where[1] == int(c)]]
+                    zero.setdefault(site, []).extend((j, i) for i in at)
         hooks = {name: _zero_rows(ch, samples, channel_dim(modules[name])) for name, ch in zero.items()}
         for name, reps in blocks.items():
             if name in hooks:

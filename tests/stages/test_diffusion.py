@@ -168,3 +168,28 @@ def test_ld_pruner_steps_need_a_diffusion_model():
     assert sampler_steps(Plain(), "auto") == 0 and sampler_steps(digits_ddpm(pretrained=False), "auto") == 10
     with pytest.raises(ConfigError, match="diffusion model"):
         sampler_steps(Plain(), "3")
+
+
+def test_masks_at_a_norm_after_a_concatenation_make_the_removal_exact(unet):
+    """A U-Net decoder's norm reads [h, skip]: its output carries the skip group's channels at an offset."""
+    from stages.model.graph import PruneGraph
+    from stages.prune.plan import apply_plan, make_plan, uniform_ratios
+    from stages.recover.soft import ChannelMasks
+
+    ex = torch.randn(2, 1025)
+    graph = PruneGraph(unet, ex)
+    maps = graph.site_index()
+    assert maps["model.stem"]["model.up.2.norm1"][0].tolist() == list(range(16, 32))
+    groups = graph.groups()
+    plan = make_plan(groups, {g.id: torch.randn(g.width, generator=torch.Generator().manual_seed(1))
+                              for g in groups}, uniform_ratios(groups, 0.5), None)
+    masks = ChannelMasks(unet, graph, plan)
+    x, _ = denoising_pairs(torch.rand(6, 1, 32, 32), 1, seed=2)
+    with torch.no_grad(), masks.attached():
+        for gid, m in masks.values.items():
+            m[masks.removed[gid]] = 0.0
+        masked = unet(x)
+    pruned = apply_plan(unet, ex, plan)
+    with torch.no_grad():
+        hard = pruned(x)
+    assert torch.allclose(hard, masked, atol=1e-4), float((hard - masked).abs().max())

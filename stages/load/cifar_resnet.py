@@ -77,14 +77,20 @@ DIGITS_RESNET = {"depth": 20, "width": 32, "in_channels": 1, "num_classes": 10}
 DIGITS_WEIGHTS = "digits_resnet20_w32.pt"
 
 
+def load_shipped(model: nn.Module, weights: str, script: str) -> nn.Module:
+    """``model`` with the state_dict shipped as ``stages/load/weights/<weights>`` (made by ``python -m <script>``)."""
+    ref = resources.files("stages.load") / "weights" / weights
+    with resources.as_file(ref) as p:
+        if not p.is_file():
+            raise ModelLoadError(f"embedded weights missing: {p}",
+                                 hint=f"reinstall the package or run `python -m {script}`")
+        model.load_state_dict(torch.load(p, weights_only=True, map_location="cpu"))
+    return model
+
+
 def digits_resnet(pretrained: bool = True) -> nn.Module:
     """The embedded default: ResNet-20 (width 32) trained on digits; weights ship with the package."""
     model = CifarResNet(**DIGITS_RESNET)
     if pretrained:
-        ref = resources.files("stages.load") / "weights" / DIGITS_WEIGHTS
-        with resources.as_file(ref) as p:
-            if not p.is_file():
-                raise ModelLoadError(f"embedded weights missing: {p}",
-                                     hint="reinstall the package or run `python -m stages.load.train_digits`")
-            model.load_state_dict(torch.load(p, weights_only=True, map_location="cpu"))
+        load_shipped(model, DIGITS_WEIGHTS, "stages.load.train_digits")
     return model.eval()

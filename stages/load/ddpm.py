@@ -15,13 +15,11 @@ pooled penultimate layer.
 
 from __future__ import annotations
 
-from importlib import resources
-
 import torch
 from torch import nn
 
-from core.errors import ModelLoadError, SpecError
-from stages.load.cifar_resnet import digits_resnet
+from core.errors import SpecError
+from stages.load.cifar_resnet import digits_resnet, load_shipped
 from stages.load.data import DATA_SOURCES, DataBundle, DataRequest, digits_splits
 from stages.load.unet import DigitsUNet
 from stages.model.contract import ContractModel, InputSpec, ModelIO, OutputSpec
@@ -43,12 +41,7 @@ def digits_ddpm(pretrained: bool = True, **arch: object) -> ContractModel:
     """The U-Net behind the packed contract, with the shipped weights (or freshly initialised)."""
     unet = DigitsUNet(**{**UNET, **arch})
     if pretrained:
-        ref = resources.files("stages.load") / "weights" / WEIGHTS
-        with resources.as_file(ref) as p:
-            if not p.is_file():
-                raise ModelLoadError(f"embedded weights missing: {p}",
-                                     hint="reinstall the package or run `python -m stages.load.train_digits_ddpm`")
-            unet.load_state_dict(torch.load(p, weights_only=True, map_location="cpu"))
+        load_shipped(unet, WEIGHTS, "stages.load.train_digits_ddpm")
     model = ContractModel(unet, ddpm_io())
     model.diffusion = Schedule()  # marks the model as a noise predictor (criteria, evaluators, report)
     return model.eval()

@@ -184,8 +184,9 @@ class PruneGraph:
             out.append(g)
         return out
 
-    def _feeds_linears_only(self, layer: nn.Module) -> bool:
-        """The layer's output reaches only Linear layers, through element-wise ops (activations, gating) and views."""
+    def _reaches_only(self, layer: nn.Module, targets: tuple, passes: tuple) -> bool:
+        """The layer's output reaches at least one node of a type in ``targets`` and nothing else, through nodes of
+        a type in ``passes`` (Torch-Pruning op types)."""
         node = self._dg.module2node.get(layer)
         if node is None:
             return False
@@ -195,36 +196,27 @@ class PruneGraph:
             if id(n) in seen:
                 continue
             seen.add(id(n))
-            if n.type == tp.ops.OPTYPE.LINEAR:
-                reached = True
-            elif n.type in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE):  # a Linear on [B, L, C] views
-                todo.extend(n.outputs)
-            else:
-                return False
-        return reached
-
-    def _conv_local(self, layer: nn.Module) -> bool:
-        """The conv's output reaches only convolutions, through norms, element-wise ops and concatenations (no
-        reshape, no Linear): a CNN channel group inside a model that also has attention, safe to ask Torch-Pruning
-        for (a stream that is reshaped into tokens, a ViT's patch embedding, is not)."""
-        node = self._dg.module2node.get(layer)
-        if node is None:
-            return False
-        passes = (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.BN, tp.ops.OPTYPE.GN,
-                  tp.ops.OPTYPE.IN)
-        todo, seen, reached = list(node.outputs), set(), False
-        while todo:
-            n = todo.pop()
-            if id(n) in seen:
-                continue
-            seen.add(id(n))
-            if n.type in (tp.ops.OPTYPE.CONV, tp.ops.OPTYPE.DEPTHWISE_CONV):
+            if n.type in targets:
                 reached = True
             elif n.type in passes:
                 todo.extend(n.outputs)
             else:
                 return False
         return reached
+
+    def _feeds_linears_only(self, layer: nn.Module) -> bool:
+        """The layer's output reaches only Linear layers, through element-wise ops (activations, gating) and views
+        (a Linear on [B, L, C] views)."""
+        ops = tp.ops.OPTYPE
+        return self._reaches_only(layer, (ops.LINEAR,), (ops.ELEMENTWISE, ops.RESHAPE))
+
+    def _conv_local(self, layer: nn.Module) -> bool:
+        """The conv's output reaches only convolutions, through norms, element-wise ops and concatenations (no
+        reshape, no Linear): a CNN channel group inside a model that also has attention, safe to ask Torch-Pruning
+        for (a stream that is reshaped into tokens, a ViT's patch embedding, is not)."""
+        ops = tp.ops.OPTYPE
+        return self._reaches_only(layer, (ops.CONV, ops.DEPTHWISE_CONV),
+                                  (ops.ELEMENTWISE, ops.CONCAT, ops.BN, ops.GN, ops.IN))
 
     def _conv_group(self, info: GroupInfo) -> bool:
         """A group with a convolution among its producers (a CNN group of a hybrid model; a Linear may add to

@@ -100,7 +100,8 @@ def test_units_and_formatting():
     assert info["higher_is_better"] and "perplexity" in info["unit"] and not info["needs_labels"]
 
 
-HAND_TESTED = {"top1", "agreement", "cosine", "output-error", "perplexity"}
+HAND_TESTED = {"top1", "agreement", "cosine", "output-error", "perplexity",
+               "denoise-loss", "fid-digits"}  # the last two in tests/stages/test_diffusion.py (MSE by hand, the FD of a shift)
 
 
 def test_every_registered_evaluator_has_a_hand_computed_test():

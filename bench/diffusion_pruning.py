@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -262,7 +263,8 @@ def markdown(rep: dict) -> str:
         "- Speedups: interleaved rounds in one fresh process against the unpruned model; the sampling run is 20 "
         "DDIM steps at batch 1 on the engines (interleaved, median of 5).",
         f"- LD-Pruner K-step vs single-step channel rankings: Spearman {s['ld_agreement_spearman']:.3f} over all "
-        "channels.",
+        f"channels; within a group median {statistics.median(s['ld_agreement_per_group'].values()):.2f} (from "
+        f"{min(s['ld_agreement_per_group'].values()):.2f} to {max(s['ld_agreement_per_group'].values()):.2f}).",
         "- Scoring cost: " + ", ".join(f"{k} {v['seconds']} s" for k, v in s.items() if isinstance(v, dict)
                                         and "seconds" in v) + f"; whole bench {rep['wall_s']:.0f} s.",
         "",

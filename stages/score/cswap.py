@@ -237,7 +237,7 @@ def cswap(ctx: ScoreContext) -> ScoreResult:
     groups = ctx.graph.groups()
     work, prep = working_copy(ctx.model, fold_bn=True)  # BN folded: its sites become Identity outputs
     xs, labels = stack_batches(ctx.calib_batches(), prep)
-    sites = channel_sites(ctx.model, groups)
+    sites, maps = channel_sites(ctx.model, groups), ctx.graph.site_index()  # maps: norms after a concatenation
     runner = ReplicaRunner(work)
     rows = max_rows(work, xs[:1], cap=MAX_ROWS)
 
@@ -249,7 +249,8 @@ def cswap(ctx: ScoreContext) -> ScoreResult:
         extra_rows = n_score
 
     def forward(x, ivs):
-        return intervened_forward(work, x, sites, ivs, o["intervention"], means, max_batch=rows, runner=runner)
+        return intervened_forward(work, x, sites, ivs, o["intervention"], means, max_batch=rows, runner=runner,
+                                  maps=maps)
 
     clean = forward(xs, [{}])[0]
     if clean.dim() != 2 or labels.is_floating_point():

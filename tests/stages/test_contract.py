@@ -46,10 +46,12 @@ def test_pack_unpack_round_trip_and_shapes():
         io.pack({"input_ids": ids})
 
 
-def test_inputs_of_different_shapes_are_refused_with_a_hint():
+def test_inputs_of_different_shapes_pack_flat_unless_an_axis_is_named():
+    io = ModelIO((InputSpec("x", "float32", (3, 8, 8)), InputSpec("t", "int64", ())))
+    assert io.flat and io.sample_shape() == (193,)
     with pytest.raises(SpecError, match="differ in shape or dtype") as e:
-        ModelIO((InputSpec("x", "float32", (3, 8, 8)), InputSpec("t", "int64", ())))
-    assert "not supported" in e.value.hint
+        ModelIO((InputSpec("x", "float32", (3, 8, 8)), InputSpec("ids", "int64", ("sequence",))))
+    assert "fixed shape" in e.value.hint
 
 
 def test_unknown_axis_size_and_dtype_are_spec_errors():

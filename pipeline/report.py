@@ -27,8 +27,10 @@ from stages.evaluate import EVALUATORS, format_score, metric_info, perplexity_of
 INCONCLUSIVE_ADVICE = ("the machine was too noisy to decide: quiet it (no other jobs), pin the measurement to cores "
                        "(taskset, measure.threads), or raise measure.verdict_cap_s")
 FLOOR_ADVICE = ("to keep the accuracy floor: more final recovery (--recovery-steps), a criterion that keeps more "
-                "at this cut (`pipeline criteria`; wanda, stade or sbpf), a smaller speedup, or a larger "
+                "at this cut (`pipeline criteria`; {criteria}), a smaller speedup, or a larger "
                 "--max-accuracy-drop")
+FLOOR_CRITERIA = {"fid-digits": "taylor, measured best on the digits U-Net (docs/results.md)",
+                  "denoise-loss": "taylor, measured best on the digits U-Net (docs/results.md)"}
 BUDGET_ADVICE = ("to reach the budget: let the search go further (tune.max_candidates, tune.time_limit_s, "
                  "prune.max_ratio), or check that the target turns fewer channels into less time "
                  "(bench/speedup_realization.py); --target-option and measure.threads change what is timed")
@@ -38,6 +40,11 @@ CSWAP_BUDGET_ADVICE = ("search cswap prunes only what C-SWAP's procedure accepte
                        "use a search that chases it (--search global or greedy, e.g. with --criterion magnitude-l2); "
                        "odd widths (prune.round_to: 1) may not turn into less time on this target "
                        "(bench/cswap_procedure.py)")
+
+
+def floor_advice(metric: str) -> str:
+    """What to try when the accuracy floor broke: the criteria named fit the metric."""
+    return FLOOR_ADVICE.format(criteria=FLOOR_CRITERIA.get(metric, "wanda, stade or sbpf"))
 
 
 def _advice(status: str, budgets: Budgets, observed: Observed, budget_advice: str = BUDGET_ADVICE) -> str | None:
@@ -50,7 +57,7 @@ def _advice(status: str, budgets: Budgets, observed: Observed, budget_advice: st
     if not budgets.resources_met(observed):
         out.append(budget_advice)
     if not budgets.accuracy_met(observed.accuracy):
-        out.append(FLOOR_ADVICE)
+        out.append(floor_advice(observed.metric))
     return "; ".join(out) or None
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
+
+@pytest.mark.slow  # 65 s; the PW loss and the per-class report have fast unit tests (test_pw_loss, test_per_group)
 def test_pw_recovery_runs_and_the_report_has_per_class_accuracy(cli, fast_config, tmp_path):
     out = tmp_path / "run"
     rc, text, err = cli("run", "--config", fast_config, "--recovery-loss", "pw", "--out", out)

@@ -11,7 +11,7 @@ from torch import nn
 
 from pipeline import settings
 from pipeline.config import resolve_config
-from pipeline.report import BUDGET_ADVICE, FLOOR_ADVICE, _advice
+from pipeline.report import BUDGET_ADVICE, _advice, floor_advice
 from search.budget import Budgets, Observed
 
 
@@ -38,11 +38,12 @@ def test_the_search_never_recovers_more_than_the_final_model_gets():
 
 def test_a_missed_verdict_says_what_to_try_next():
     b = Budgets(None, None, 1.0, 99.0, speedup=2.0)
-    assert _advice("not_met", b, Observed(1.0, None, 2.3, 90.0)) == FLOOR_ADVICE
+    assert _advice("not_met", b, Observed(1.0, None, 2.3, 90.0)) == floor_advice("accuracy")
     assert _advice("not_met", b, Observed(1.0, None, 1.5, 99.0)) == BUDGET_ADVICE
-    assert _advice("not_met", b, Observed(1.0, None, 1.5, 90.0)) == f"{BUDGET_ADVICE}; {FLOOR_ADVICE}"
+    assert _advice("not_met", b, Observed(1.0, None, 1.5, 90.0)) == f"{BUDGET_ADVICE}; {floor_advice('accuracy')}"
     assert _advice("met", b, Observed(1.0, None, 2.3, 99.0)) is None
     assert "verdict_cap_s" in _advice("inconclusive", b, Observed(1.0, None, 2.0, 99.0))
+    assert "wanda" in floor_advice("top1") and "taylor" in floor_advice("fid-digits")
 
 
 def test_measure_prints_the_contract_record(cli, tmp_path):

@@ -28,6 +28,7 @@ Writes ``bench/results/diffusion_pruning.{json,md}`` and ``diffusion_samples_<bu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -218,14 +219,9 @@ def measure(base, models: dict, folder: Path, target, test) -> dict:
             out[k][f"speedup_b{batch}"] = rec["ratio_to_first"]
             out[k][f"latency_ms_b{batch}"] = rec["latency_ms"]["median"]
         out.setdefault("_base", {})[f"latency_ms_b{batch}"] = recs[0]["latency_ms"]["median"]
-    runners = [OrtRunner(e.onnx_path, threads=1) for e in engines]
-    for r in runners:
-        r.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(OrtRunner(e.onnx_path, threads=1)) for e in engines]
         secs = sampling_seconds(runners, test, repeats=5)
-    finally:
-        for r in runners:
-            r.__exit__(None, None, None)
     for k, s in zip(keys, secs[1:]):
         out[k]["sampling_s"] = s
         out[k]["sampling_speedup"] = secs[0] / s

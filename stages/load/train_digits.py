@@ -22,8 +22,9 @@ from stages.load.data import load_data
 from stages.load.models import digits_resnet
 
 
-def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
+def shift(x: torch.Tensor, g: torch.Generator, max_px: int = 2) -> torch.Tensor:
+    """A random roll of the batch by up to ``max_px`` pixels in each direction (augmentation)."""
+    dx, dy = (int(v) for v in torch.randint(-max_px, max_px + 1, (2,), generator=g))
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
@@ -46,7 +47,7 @@ def train(steps: int = 1200, batch: int = 64, lr: float = 0.1, seed: int = 0) ->
     for step in range(steps):
         model.train()
         idx = torch.randint(0, len(x), (batch,), generator=g)
-        xb = _shift(x[idx], g)
+        xb = shift(x[idx], g)
         for pg in opt.param_groups:
             pg["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         loss = F.cross_entropy(model(xb), y[idx])

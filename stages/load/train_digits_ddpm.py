@@ -24,15 +24,11 @@ from pathlib import Path
 import torch
 
 from stages.load.data import digits_splits
+from stages.load.train_digits import shift
 from stages.model.diffusion import Schedule, denoising_pairs
 
 SETTINGS = {"steps": 3000, "batch": 96, "lr": 2e-3, "warmup": 100, "ema": 0.995, "seed": 0, "width": 16,
             "mults": [1, 2, 4], "heads": 4}
-
-
-def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
-    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
 @torch.no_grad()
@@ -71,7 +67,7 @@ def train(settings: dict = SETTINGS, log_every: int = 250) -> tuple[torch.nn.Mod
     for step in range(s["steps"]):
         model.train()
         idx = torch.randint(0, len(x0), (s["batch"],), generator=g)
-        packed, eps = denoising_pairs(_shift(x0[idx], g), 1, s["seed"] * 100003 + step)
+        packed, eps = denoising_pairs(shift(x0[idx], g, max_px=1), 1, s["seed"] * 100003 + step)
         warm = min(1.0, (step + 1) / s["warmup"])
         for pg in opt.param_groups:
             pg["lr"] = s["lr"] * warm * 0.5 * (1 + math.cos(math.pi * step / s["steps"]))

@@ -19,7 +19,6 @@ for ``K`` steps are ``T - 1, ..., 0`` spaced evenly (``round(linspace)``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,12 +53,6 @@ def pack(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The packed batch of a diffusion model (inputs ``sample``, ``timestep``): each sample flattened, its
     timestep appended (``stages.model.contract``'s flat packing)."""
     return torch.cat([x.reshape(len(x), -1), t.reshape(-1, 1).to(x.dtype)], dim=1)
-
-
-def unpack(packed: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x_t [B, *shape], t [B])`` of a packed batch."""
-    n = math.prod(shape)
-    return packed[:, :n].reshape(len(packed), *shape), packed[:, n]
 
 
 def denoising_pairs(x0: torch.Tensor, draws: int, seed: int, schedule: Schedule = Schedule()

@@ -92,8 +92,8 @@ def score_sampled(model: nn.Module, structures: Sequence[tuple[str, object]], si
     rows = rows or max_rows(model, model.io.pack({n: t for n, t in zip(model.io.names, model.io.example(1))}))
     per_call = max(1, rows // samples)
     ref = _sampled(model, noise, steps, {})
-    m0, s0 = Moments(), Moments(len(structures))
-    m0.add(ref.unsqueeze(0))
+    ref_moments, alt = Moments(), Moments(len(structures))
+    ref_moments.add(ref.unsqueeze(0))
     calls = steps
     for start in range(0, len(structures), per_call):
         chunk = structures[start:start + per_call]
@@ -114,7 +114,7 @@ def score_sampled(model: nn.Module, structures: Sequence[tuple[str, object]], si
                 raise ValueError(f"block {name} is also a channel site")
             hooks[name] = _identity_rows(reps, samples)
         z = _sampled(model, noise.repeat(len(chunk), *([1] * (noise.dim() - 1))), steps, hooks)
-        s0.add(z.reshape(len(chunk), samples, *shape), start)
+        alt.add(z.reshape(len(chunk), samples, *shape), start)
         calls += steps
-    scores = ld_score(*m0.mean_std(), *s0.mean_std())
+    scores = ld_score(*ref_moments.mean_std(), *alt.mean_std())
     return [float(v) for v in scores], {"sample_calls": calls, "sample_rows": steps * samples * (1 + len(structures))}

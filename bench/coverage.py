@@ -1,4 +1,4 @@
-"""Coverage of torchvision's classification zoo by the channel pruner: trace → plan → prune → export → ONNX parity →
+"""Coverage of torchvision's classification zoo (and Ultralytics YOLO) by the channel pruner: trace → plan → prune → export → ONNX parity →
 measured speedup, one architecture at a time (random weights: structure and latency only, never quality).
 
 For every architecture (the smallest of each family, plus the grouped-convolution ones): Torch-Pruning's
@@ -18,6 +18,7 @@ Writes ``bench/results/coverage.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -54,6 +55,9 @@ ARCHS = {  # name: input side (64 unless the architecture needs more), construct
     "mnasnet0_5": (64, {}), "efficientnet_b0": (64, {}), "efficientnet_v2_s": (64, {}),
     "shufflenet_v2_x0_5": (64, {}), "convnext_tiny": (64, {}),
     "vit_b_32": (64, {"image_size": 64}), "swin_t": (64, {}), "swin_v2_t": (64, {}),
+    # model specs (through the pipeline's loaders): Ultralytics YOLO at 320x320, from the YAMLs it ships
+    "ultralytics:yolov8n": (320, {}), "ultralytics:yolo11n": (320, {}), "ultralytics:yolov8n-cls": (224, {}),
+    "ultralytics:yolo11n-cls": (224, {}), "ultralytics:yolov8s": (320, {}), "ultralytics:yolo11s": (320, {}),
 }
 # maxvit_t (224x224) is not in the default list: Torch-Pruning's group enumeration warned "Maximum recursive depth reached"
 # and grew past 14 GB in 8 minutes without finishing (killed); a run now refuses it after 120 s (graph.py)
@@ -64,14 +68,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("archs", nargs="*", default=list(ARCHS))
     ap.add_argument("--out", type=Path, default=RESULTS / "coverage")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of the existing results for the archs not rerun (each row keeps its date)")
     a = ap.parse_args()
     target = get_target("cpu", {})
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in a.archs:
-            rows.append(one(arch, target, Path(tmp)))
+            rows.append({**one(arch, target, Path(tmp)), "date": now})
             print(rows[-1], flush=True)
-    rep = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": cpu_name(),
+    old = a.out.with_suffix(".json")
+    if a.merge and old.is_file():
+        before = json.loads(old.read_text())
+        kept = [{"date": before["date"], **r} for r in before["rows"] if r["arch"] not in a.archs]
+        rows = kept + rows
+    rep = {"date": now, "machine": cpu_name(),
            "versions": {k: v for k, v in versions().items() if k in ("torch", "torchvision", "torch_pruning",
                                                                       "onnxruntime")},
            "ratio": RATIO, "rows": rows}
@@ -88,7 +100,12 @@ def one(arch: str, target, tmp: Path) -> dict:
     stage = "build"
     try:
         torch.manual_seed(0)
-        model = getattr(torchvision.models, arch)(**kwargs).eval()
+        if ":" in arch:
+            from stages.load.models import ModelRequest, load_model
+
+            model = load_model(ModelRequest(arch, input_shape=shape)).module.eval()
+        else:
+            model = getattr(torchvision.models, arch)(**kwargs).eval()
         ex = torch.zeros(2, *shape)
         stage = "trace"
         graph = PruneGraph(model, ex)
@@ -127,9 +144,10 @@ def markdown(rep: dict) -> str:
     n_ok = sum(r["status"] == "ok" for r in rows)
     n_ref = sum(r["status"] == "refused" for r in rows)
     lines = [
-        "# Coverage: torchvision classification zoo through trace → plan → prune → export → parity → measure",
+        "# Coverage: torchvision classification zoo and Ultralytics YOLO through trace → plan → prune → export → parity → measure",
         "",
         f"- Machine: {rep['machine']}; date {rep['date']}; {', '.join(f'{k} {v}' for k, v in rep['versions'].items())}",
+        f"- Rows measured on: {', '.join(sorted({r.get('date', rep['date'])[:10] for r in rows}))} (same machine)",
         f"- Random weights (structure and latency only); magnitude-L2, uniform {100 * rep['ratio']:.0f}% cut, "
         "round_to 8; speedup: ORT CPU, unpruned and pruned interleaved in one fresh process, 3 rounds, batch 1",
         f"- **{n_ok} of {len(rows)} ok**, {n_ref} refused in one line (exit 2 in a run), "

@@ -97,6 +97,9 @@ def _check_criterion_fits(cfg, lm, data) -> None:
         raise SpecError(f"criterion '{crit.name}' reads the probability of a class; model '{lm.spec}' is judged by "
                         f"'{data.metric}' (its output is not class logits)",
                         hint="use a criterion for any output: wanda, stade, magnitude-l2, sbpf or ld-pruner")
+    if crit.needs.gradients and kind == "detection":
+        raise SpecError(f"criterion '{crit.name}' differentiates a task loss; '{data.metric}' (detections after NMS) "
+                        "has none", hint="use magnitude-l2, bn-scale, wanda, stade or sbpf")
     if crit.name == "ld-pruner":  # sampled latents need a diffusion model: say so before the baseline
         from stages.score.ld_pruner import sampler_steps
 

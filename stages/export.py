@@ -63,6 +63,8 @@ def export_onnx(model: nn.Module, sample_shape: tuple[int, ...], path: Path, set
             _torch_export(model, torch.zeros((1, *sample_shape)), tmp, settings)
         nodes_before = len(onnx.load(str(tmp)).graph.node)
         graph = sanitize(onnx.load(str(tmp)))
+        pin_output_dims(graph, model, sample_shape)
+        add_metadata(graph, model)
         try:
             onnx.checker.check_model(graph, full_check=True)
         except onnx.checker.ValidationError as e:
@@ -120,6 +122,34 @@ def _forward_arg_names(model: nn.Module) -> list[str]:
     import inspect
 
     return [p for p in inspect.signature(model.forward).parameters if p != "self"]
+
+
+def pin_output_dims(graph: onnx.ModelProto, model: nn.Module, sample_shape: tuple[int, ...]) -> None:
+    """Output axes the exporter left as generated symbols (``Concatoutput0_dim_1``) get the size PyTorch computes;
+    ``batch`` and the contract's named axes stay symbolic."""
+    io = model.io if isinstance(model, ContractModel) else None
+    declared = {"batch", *(d for spec in (io.inputs if io else ()) for d in spec.shape if isinstance(d, str)),
+                *((d for d in io.output.axes or () if d) if io else ())}
+    x = torch.zeros((1, *(io.sample_shape() if io else sample_shape)), dtype=io.dtype if io else torch.float32)
+    with torch.no_grad():
+        out = model(x)
+    if not isinstance(out, torch.Tensor) or len(graph.graph.output) != 1:
+        return
+    dims = graph.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) != out.dim():
+        return
+    for k, d in enumerate(dims):
+        if k and d.HasField("dim_param") and d.dim_param not in declared:
+            d.dim_value = int(out.shape[k])
+
+
+def add_metadata(graph: onnx.ModelProto, model: nn.Module) -> None:
+    """A model adapter's ``onnx_metadata`` (e.g. Ultralytics' stride, task, names, imgsz, which its ``YOLO()``
+    loader reads back) as the ONNX file's ``metadata_props``, each value as ``str(value)`` like Ultralytics writes."""
+    for m in model.modules():
+        for key, value in (getattr(m, "onnx_metadata", None) or {}).items():
+            prop = graph.metadata_props.add()
+            prop.key, prop.value = str(key), str(value)
 
 
 def sanitize(model: onnx.ModelProto, max_passes: int = 5) -> onnx.ModelProto:

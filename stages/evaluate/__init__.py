@@ -286,3 +286,4 @@ class TorchRunner:
 
 
 from stages.evaluate import generative  # noqa: E402,F401 - registers fid-digits and denoise-loss
+from stages.evaluate import detection  # noqa: E402,F401 - registers det-agreement

@@ -46,8 +46,9 @@ def data_request(lm: LoadedModel) -> DataRequest:
 
 def run_metric(lm: LoadedModel, data: DataBundle, metric: str | None) -> str:
     """The evaluator of the run: ``metric`` when given (checked against the data), else the data's own
-    with labels, else the model's label-free one (cosine for embeddings, perplexity for causal LMs; on
-    random tokens a causal LM gets agreement), else agreement."""
+    with labels, else the model's label-free one (cosine for embeddings, perplexity for causal LMs, det-agreement
+    for detectors; on random tokens a causal LM gets agreement, on random images a detector output-error), else
+    agreement."""
     from stages.evaluate import EVALUATORS
     from stages.evaluate.generative import GENERATIVE
 
@@ -61,6 +62,9 @@ def run_metric(lm: LoadedModel, data: DataBundle, metric: str | None) -> str:
             raise SpecError(f"metric '{ev.name}' needs a denoising split with clean images; data '{data.name}' has none",
                             hint="use --data digits-ddpm with a diffusion model (example:digits-ddpm), or another "
                                  "metric")
+        if ev.name == "det-agreement" and lm.task != "detect":
+            raise SpecError(f"metric 'det-agreement' reads YOLO-layout detections; model '{lm.spec}' is "
+                            f"{lm.task or 'not a detector'}", hint="use it with an ultralytics: detect model")
         if ev.name == "perplexity" and lm.task != "causal-lm":
             raise SpecError(f"metric 'perplexity' needs a causal LM; model '{lm.spec}' is "
                             f"{lm.task or 'not a language model'}", hint="pass --task causal-lm, or another metric")
@@ -69,4 +73,6 @@ def run_metric(lm: LoadedModel, data: DataBundle, metric: str | None) -> str:
         return EVALUATORS.get(data.metric).name
     if data.synthetic and lm.metric == "perplexity":
         return "agreement"  # the perplexity of random tokens means nothing; next-token agreement still does
+    if data.synthetic and lm.metric == "det-agreement":
+        return "output-error"  # a detector finds nothing in noise: compare its raw output instead
     return EVALUATORS.get(lm.metric or data.metric or "agreement").name

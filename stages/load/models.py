@@ -1,5 +1,5 @@
-"""Model specs: ``example:NAME``, ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH_OR_ID``, ``file:PATH``,
-``python:module:factory``.
+"""Model specs: ``example:NAME``, ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH_OR_ID``, ``ultralytics:NAME``,
+``file:PATH``, ``python:module:factory``.
 
 Nothing here downloads: torchvision weights are used only when already in the local torch hub
 cache, timm models are created without pretrained weights, and checkpoints are read with
@@ -192,6 +192,34 @@ def _timm(arg: str, req: ModelRequest) -> LoadedModel:
     return LoadedModel(arg, f"timm:{arg}", model, shape, ["random init (timm, pretrained=False)"])
 
 
+# ---------------------------------------------------------------- ultralytics:
+
+@MODEL_SOURCES.register("ultralytics")
+def _ultralytics(arg: str, req: ModelRequest) -> LoadedModel:
+    from stages.load.yolo import IMGSZ, YoloNet, load_yolo
+    from stages.model.contract import InputSpec, OutputSpec
+
+    net, task, meta = load_yolo(arg, req.trust_checkpoint)
+    side = IMGSZ[task]
+    shape = tuple(req.input_shape) if req.input_shape is not None else (3, side, side)
+    if len(shape) != 3:
+        raise SpecError(f"ultralytics: input shape {shape} is not C,H,W", hint="pass e.g. --input-shape 3,640,640")
+    stride = int(meta["stride"])
+    if task == "detect" and (shape[1] % stride or shape[2] % stride):
+        raise SpecError(f"ultralytics: input {shape[1]}x{shape[2]} is not a multiple of the model's stride {stride}",
+                        hint=f"pass --input-shape 3,H,W with H and W multiples of {stride} (e.g. 3,640,640)")
+    meta["imgsz"] = meta["args"]["imgsz"] = [int(shape[1]), int(shape[2])]
+    # Ultralytics' `dynamic=True` export layout: batch, height and width dynamic, a detector's anchors axis too
+    io = ModelIO((InputSpec("images", "float32", (shape[0], "height", "width")),),
+                 OutputSpec(None, "output0", (None, "anchors") if task == "detect" else ()),
+                 {"height": int(shape[1]), "width": int(shape[2])})
+    model = ContractModel(YoloNet(net, task, meta), io)
+    note = ("random init (the YAML that ships with ultralytics; nothing is downloaded)" if not arg.endswith(".pt")
+            else f"weights from {arg} (sha256 {sha256_file(Path(arg))[:12]})")
+    return LoadedModel(Path(arg).stem, f"ultralytics:{arg}", model, shape, [note], task=task,
+                       metric="det-agreement" if task == "detect" else "agreement", default_data="random")
+
+
 # ---------------------------------------------------------------- hf: and example:minilm
 
 @MODEL_SOURCES.register("hf")
@@ -304,7 +332,7 @@ def _file(arg: str, req: ModelRequest) -> LoadedModel:
 PRUNED_FORMAT = "edge-pipeline/pruned-v1"
 # the model specs a checkpoint may name by itself: they build known architectures and run no code of the file's
 # choosing (python: imports any module, file: reads another file); others need --arch or --trust-checkpoint
-SPECS_FROM_FILES = ("example", "torchvision", "timm", "hf")
+SPECS_FROM_FILES = ("example", "torchvision", "timm", "hf", "ultralytics")
 
 
 def _pruned_checkpoint(path: Path, blob: dict, req: ModelRequest) -> LoadedModel:

@@ -67,6 +67,9 @@ class OutputSpec:
 
     key: int | str | None = None
     name: str = "output"
+    # the output's named dynamic axes after the batch axis (None: fixed), e.g. (None, "anchors") for a YOLO
+    # detector's [batch, 84, anchors]; not given: the input's named axes where the output has them (token states)
+    axes: tuple[str | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -185,9 +188,12 @@ class ModelIO:
         for spec in self.inputs:
             axes[spec.name] = {0: "batch", **{k + 1: d for k, d in enumerate(spec.shape) if isinstance(d, str)}}
         out = {0: "batch"}
-        for k, d in enumerate(self.inputs[0].shape):
-            if isinstance(d, str) and k + 1 < output_rank:
-                out[k + 1] = d
+        if self.output.axes is not None:
+            out.update({k + 1: d for k, d in enumerate(self.output.axes) if d and k + 1 < output_rank})
+        else:
+            for k, d in enumerate(self.inputs[0].shape):
+                if isinstance(d, str) and k + 1 < output_rank:
+                    out[k + 1] = d
         axes[self.output.name] = out
         return axes
 

@@ -100,13 +100,59 @@ def find_classifier(model: nn.Module, example_input: torch.Tensor) -> str | None
     return order[-1] if order else None
 
 
+def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Every conv/linear whose output channels reach the model's output with no other conv/linear between:
+    pruning any of them would change the output's size. A classifier has one (its head); a detector has
+    one per branch of its head (YOLO's box and class convs). A frozen layer (no parameter requiring
+    grad, e.g. YOLO's DFL, a fixed projection) is an operator, not a learned layer: it is held and the walk
+    goes on through it. Found by walking the autograd graph of one forward pass back from the output;
+    empty when the output carries no autograd graph."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
+    made: dict[object, tuple[str, bool]] = {}  # output grad_fn -> (layer name, frozen)
+
+    def record(mod, _inp, out):
+        if isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            made[out.grad_fn] = (names[mod], not any(p.requires_grad for p in mod.parameters()))
+
+    hooks = [m.register_forward_hook(record) for m in names]
+    x = example_input.detach().clone().requires_grad_(example_input.is_floating_point())
+    try:
+        with torch.enable_grad():
+            out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    found: list[str] = []
+    todo = [out.grad_fn] if isinstance(out, torch.Tensor) and out.grad_fn is not None else []
+    seen: set[int] = set()
+    while todo:
+        fn = todo.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        if fn in made:
+            name, frozen = made[fn]
+            found.append(name)
+            if not frozen:
+                continue
+        todo.extend(nf for nf, _ in fn.next_functions if nf is not None)
+    return sorted(set(found), key=list(names.values()).index)
+
+
+def declared_held(model: nn.Module) -> list[str]:
+    """Layers a model adapter declares held: a submodule with a ``pipeline_held`` attribute (names relative to
+    itself, e.g. :class:`stages.load.yolo.YoloNet`'s attention inside YOLO11's C2PSA) holds their output channels."""
+    return [f"{name}.{h}" if name else h for name, m in model.named_modules() for h in getattr(m, "pipeline_held", ())]
+
+
 class PruneGraph:
     """Torch-Pruning's dependency graph for one model instance (pruned in place).
 
     Args:
         model: The model to analyse; ``prune`` modifies it in place.
         example_input: One batch used for tracing.
-        ignore: Module names never pruned (the classifier is always added).
+        ignore: Module names never pruned (the classifier and every other output layer,
+            :func:`output_layers`, are always added).
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str] = ()) -> None:
@@ -114,7 +160,8 @@ class PruneGraph:
         self.example_input = example_input
         modules = dict(model.named_modules())
         head = find_classifier(model, example_input)
-        self.ignored_names = tuple(dict.fromkeys([*ignore, *([head] if head else [])]))
+        self.ignored_names = tuple(dict.fromkeys([*ignore, *([head] if head else []),
+                                                  *output_layers(model, example_input), *declared_held(model)]))
         unknown = [n for n in self.ignored_names if n not in modules]
         if unknown:
             raise KeyError(", ".join(unknown))

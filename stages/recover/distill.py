@@ -97,7 +97,8 @@ def make_optimizer(model: nn.Module, settings: DistillSettings) -> tuple[torch.o
                            weight_decay=settings.weight_decay), lr
 
 
-FEATURE_METRICS = ("cosine", "output-error", "fid-digits", "denoise-loss")  # diffusion: noise-prediction matching
+# diffusion: noise-prediction matching; detectors: the raw [batch, 4 + classes, anchors] output (boxes and scores)
+FEATURE_METRICS = ("cosine", "output-error", "fid-digits", "denoise-loss", "det-agreement")
 
 
 def loss_for(metric: str | None) -> str:

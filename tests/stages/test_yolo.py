@@ -1,0 +1,159 @@
+"""Ultralytics YOLO models (``ultralytics:NAME``): load, split blocks, prune, export, Ultralytics' own ONNX loader,
+and the ``det-agreement`` evaluator. Random weights at 160x160: structure and parity only, never quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import PipelineError, SpecError, StageError
+from stages.evaluate import EVALUATORS
+from stages.evaluate.detection import map_against
+from stages.export import ExportSettings, check_parity, export_onnx
+from stages.load.models import ModelRequest, load_model
+from stages.model.graph import PruneGraph, output_layers
+from stages.prune.plan import apply_plan, make_plan, uniform_ratios
+
+ultralytics = pytest.importorskip("ultralytics")
+SHAPE = (3, 160, 160)
+ASSETS = Path(ultralytics.__file__).parent / "assets"
+
+
+def _pruned(spec: str):
+    lm = load_model(ModelRequest(spec, input_shape=SHAPE))
+    ex = torch.zeros(2, *SHAPE)
+    graph = PruneGraph(lm.module, ex)
+    groups = graph.groups()
+    plan = make_plan(groups, graph.importance("magnitude", p=2), uniform_ratios(groups, 0.4), 8)
+    return lm, graph, apply_plan(lm.module, ex, plan)
+
+
+@pytest.mark.parametrize("spec", ["ultralytics:yolov8n", "ultralytics:yolo11n"])
+def test_detector_prunes_exports_with_parity_and_loads_in_ultralytics(spec, tmp_path):
+    from ultralytics import YOLO
+
+    from targets import get_target
+    from targets.base import build_engine
+
+    lm, graph, pruned = _pruned(spec)
+    assert lm.metric == "det-agreement" and lm.task == "detect"
+    head = "model.net.model.22" if "v8" in spec else "model.net.model.23"
+    assert f"{head}.dfl.conv" in graph.ignored_names  # frozen DFL: held, and the walk goes on to the box convs
+    assert {f"{head}.cv2.{i}.2" for i in range(3)} <= set(graph.ignored_names)
+    assert {f"{head}.cv3.{i}.2" for i in range(3)} <= set(graph.ignored_names)
+    x = torch.rand(2, *SHAPE)
+    with torch.no_grad():
+        assert pruned(x).shape == lm.module(x).shape == (2, 84, 525)  # 160/8, /16, /32: 400 + 100 + 25 anchors
+    n0, n1 = (sum(p.numel() for p in m.parameters()) for m in (lm.module, pruned))
+    assert n1 < 0.6 * n0
+    path = tmp_path / "pruned.onnx"
+    export_onnx(pruned, SHAPE, path, ExportSettings())
+    target = get_target("cpu", {})
+    with target.runner(build_engine(target, path, SHAPE, tmp_path)) as r:
+        check_parity(pruned, r, x, 1e-3, 1e-3)
+    import onnx
+
+    m = onnx.load(str(path))
+    assert [i.name for i in m.graph.input] == ["images"] and [o.name for o in m.graph.output] == ["output0"]
+    dims = [d.dim_param or d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 84, "anchors"]
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["task"] == "detect" and meta["imgsz"] == "[160, 160]" and "'person'" not in meta["names"][:3]
+    res = YOLO(str(path), task="detect").predict(str(ASSETS / "bus.jpg"), imgsz=160, verbose=False)
+    assert res[0].boxes is not None and len(res[0].names) == 80
+
+
+def test_yolo11_attention_is_held_and_its_ffn_pruned():
+    lm, graph, pruned = _pruned("ultralytics:yolo11n")
+    held = set(graph.ignored_names)
+    assert {"model.net.model.10.cv1.conv", "model.net.model.10.m.0.attn.qkv.conv",
+            "model.net.model.10.m.0.attn.pe.conv"} <= held
+    ids = {g.id for g in graph.groups()}
+    assert not any(".attn." in i for i in ids)
+    assert any(i.startswith("model.net.model.10.m.0.ffn.0") for i in ids)
+
+
+def test_classifier_variant_gives_probabilities():
+    lm = load_model(ModelRequest("ultralytics:yolov8n-cls", input_shape=(3, 64, 64)))
+    assert lm.task == "classify" and lm.metric == "agreement"
+    with torch.no_grad():
+        p = lm.module(torch.rand(3, 3, 64, 64))
+    assert p.shape == (3, 1000) and torch.allclose(p.sum(1), torch.ones(3), atol=1e-5)
+
+
+def test_output_layers_finds_every_head_branch():
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Conv2d(3, 8, 3)
+            self.a, self.b = torch.nn.Conv2d(8, 4, 1), torch.nn.Conv2d(8, 2, 1)
+            self.fixed = torch.nn.Conv2d(4, 4, 1)
+            self.fixed.requires_grad_(False)
+
+        def forward(self, x):
+            h = self.body(x).relu()
+            return torch.cat([self.fixed(self.a(h)), self.b(h)], 1)
+
+    assert output_layers(TwoHeads(), torch.zeros(1, 3, 8, 8)) == ["a", "b", "fixed"]
+
+
+def test_det_agreement_scores_matching_boxes():
+    boxes = torch.tensor([[10, 10, 50, 50, 0.9, 0], [60, 60, 120, 120, 0.8, 2]], dtype=torch.float32)
+    truth = [boxes[:, [0, 1, 2, 3, 5]]]
+    assert map_against([boxes], truth)[0] == pytest.approx(0.995, abs=1e-4)  # the 101-point AP's top
+    moved = boxes.clone()
+    moved[1, :4] += 40  # the second box misses (IoU < 0.5)
+    assert map_against([moved], truth)[0] == pytest.approx(0.4975, abs=1e-3)
+    wrong = boxes.clone()
+    wrong[:, 5] = 7  # right places, wrong classes
+    assert map_against([wrong], truth)[0] == 0.0
+
+
+def test_det_agreement_refuses_a_model_that_detects_nothing():
+    class Runner:
+        def run(self, x):
+            return np.zeros((len(x), 84, 525), dtype=np.float32)
+
+    data = torch.utils.data.TensorDataset(torch.zeros(4, *SHAPE), torch.full((4, 100, 6), -1.0))
+    with pytest.raises(StageError, match="detects nothing"):
+        EVALUATORS.get("det-agreement")(Runner(), data)
+
+
+@pytest.mark.parametrize("spec, shape, match", [
+    ("ultralytics:yolov8n-seg", None, "segment model"),
+    ("ultralytics:yolov8q", None, "no model YAML"),
+    ("ultralytics:yolov8n", (3, 100, 100), "stride 32"),
+])
+def test_bad_specs_stop_in_one_line(spec, shape, match):
+    with pytest.raises(SpecError, match=match):
+        load_model(ModelRequest(spec, input_shape=shape))
+
+
+def test_a_checkpoint_needs_trust(tmp_path):
+    pt = tmp_path / "best.pt"
+    pt.write_bytes(b"not really")
+    with pytest.raises(SpecError, match="trust-checkpoint"):
+        load_model(ModelRequest(f"ultralytics:{pt}"))
+    with pytest.raises(PipelineError, match="cannot read"):
+        load_model(ModelRequest(f"ultralytics:{pt}", trust_checkpoint=True))
+
+
+def test_images_source_letterboxes_like_ultralytics(tmp_path):
+    import cv2
+
+    from stages.load.data import DataRequest, load_data
+
+    src = cv2.imread(str(ASSETS / "bus.jpg"))
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"im{i}.jpg"), src[:, i * 20:])
+    data = load_data(f"images:{tmp_path}", DataRequest((3, 96, 128)))
+    assert (len(data.train), len(data.calib), len(data.test)) == (3, 1, 2) and not data.labeled
+    x = data.test[0][0]
+    assert x.shape == (3, 96, 128) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert torch.allclose(x[:, :, 0], torch.full((3, 96), 114 / 255))  # the tall bus image is padded left/right
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpecError, match="has 0 images"):
+        load_data(f"images:{tmp_path / 'empty'}", DataRequest((3, 96, 128)))

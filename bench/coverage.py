@@ -58,6 +58,8 @@ ARCHS = {  # name: input side (64 unless the architecture needs more), construct
     # model specs (through the pipeline's loaders): Ultralytics YOLO at 320x320, from the YAMLs it ships
     "ultralytics:yolov8n": (320, {}), "ultralytics:yolo11n": (320, {}), "ultralytics:yolov8n-cls": (224, {}),
     "ultralytics:yolo11n-cls": (224, {}), "ultralytics:yolov8s": (320, {}), "ultralytics:yolo11s": (320, {}),
+    "torchvision:lraspp_mobilenet_v3_large": (128, {}), "torchvision:deeplabv3_mobilenet_v3_large": (128, {}),
+    "torchvision:fcn_resnet50": (128, {}), "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn": (320, {}),
 }
 # maxvit_t (224x224) is not in the default list: Torch-Pruning's group enumeration warned "Maximum recursive depth reached"
 # and grew past 14 GB in 8 minutes without finishing (killed); a run now refuses it after 120 s (graph.py)

@@ -12,6 +12,8 @@ its unit and whether higher is better; ``--max-accuracy-drop`` is read in that u
   labels): top-1 agreement with the unpruned model, in %;
 - ``cosine``: mean cosine similarity (x 100) of the output to the unpruned model's, along the last
   axis (sentence embeddings; token states are averaged over positions), label-free;
+- ``seg-agreement``: segmentation logits ``[N, C, H, W]``: per-pixel agreement (%) of the class map with the
+  unpruned model's (data without labels);
 - ``output-error``: 100 x (1 - relative L2 error) of the output against the unpruned model's over
   the split, label-free, for any model: the fallback when nothing else fits;
 - ``perplexity``: causal LMs on a token split (``x[:, 0]`` ids, ``x[:, 1]`` mask): the score is
@@ -156,6 +158,22 @@ def _argmax_reference(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 register("agreement", needs_labels=False, unit="%", higher_is_better=True, aliases=("fidelity",),
          reference=_argmax_reference,
          summary="top-1 agreement with the unpruned model's argmax (label-free)")(_argmax_agreement)
+
+
+def _pixel_reference(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return out.argmax(1)
+
+
+@register("seg-agreement", needs_labels=False, unit="%", higher_is_better=True, reference=_pixel_reference,
+          loss="pixels",
+          summary="segmentation logits [N, C, H, W]: per-pixel agreement with the unpruned model's class map")
+def evaluate_seg_agreement(runner, data: Dataset, batch_size: int = 16) -> float:
+    same = total = 0
+    for x, y in _batches(data, batch_size):
+        pred = np.asarray(runner.run(x.numpy())).argmax(1)
+        same += int((pred == y.numpy().reshape(pred.shape)).sum())
+        total += int(pred.size)
+    return 100.0 * same / max(total, 1)
 
 
 def _output_reference(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

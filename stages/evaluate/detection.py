@@ -1,6 +1,11 @@
 """Detection evaluators (YOLO-layout outputs ``[batch, 4 + classes, anchors]``: boxes xywh, class scores).
 
-``det-agreement`` (label-free): the unpruned model's detections after NMS are the ground truth; the score is the
+``map50`` and ``map50-95`` (labelled, ``yolo:DATA.yaml``): mAP@0.5 and mAP@0.5:0.95 (in %) against the dataset's
+boxes, by the same pieces. In every metric the scored detections are kept as Ultralytics' validator keeps them for
+its mAP (NMS at confidence 0.001, IoU 0.7, 300 an image), so the AP integrates the whole confidence ranking.
+
+``det-agreement`` (label-free): the unpruned model's detections after NMS at Ultralytics' predict defaults
+(confidence 0.25, IoU 0.7) are the ground truth; the score is the
 mAP@0.5 (in %) of the engine's detections against them, per class, computed by Ultralytics' own pieces: its NMS (``ultralytics.utils.nms``), its prediction matching
 (``BaseValidator.match_predictions``) and its AP (``ultralytics.utils.metrics.ap_per_class``). Identical detections score **99.5**, not 100: Ultralytics' AP
 integrates a 101-point interpolated precision curve, whose top is 0.995 (its validator reports the same for a
@@ -20,17 +25,18 @@ import torch
 from core.errors import StageError
 from stages.evaluate import _batches, register
 
-CONF = 0.25  # Ultralytics' predict defaults
+CONF = 0.25  # the reference: what Ultralytics' predict keeps by default
 IOU = 0.7
 MAX_DET = 100
+VAL_CONF, VAL_MAX_DET = 0.001, 300  # the scored detections: as Ultralytics' validator keeps them for its mAP
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
 
 
-def detections(out: torch.Tensor) -> list[torch.Tensor]:
-    """Per image ``[n, 6]`` (xyxy, conf, class) after Ultralytics' NMS at its predict defaults."""
+def detections(out: torch.Tensor, conf: float = CONF, max_det: int = MAX_DET) -> list[torch.Tensor]:
+    """Per image ``[n, 6]`` (xyxy, conf, class) after Ultralytics' NMS (default: its predict settings)."""
     from ultralytics.utils.nms import non_max_suppression
 
-    return non_max_suppression(out.float(), CONF, IOU, max_det=MAX_DET, max_time_img=60.0)
+    return non_max_suppression(out.float(), conf, IOU, max_det=max_det, max_time_img=60.0)
 
 
 def _padded(dets: list[torch.Tensor]) -> torch.Tensor:
@@ -81,18 +87,38 @@ def map_against(preds: list[torch.Tensor], truths: list[torch.Tensor]) -> tuple[
     return float(ap[:, 0].mean()), float(ap.mean()), n_true
 
 
+def _det_scores(runner, data, batch_size: int, what: str) -> tuple[float, float]:
+    """(mAP@0.5, mAP@0.5:0.95) of the engine's detections against the boxes in the labels (``[MAX_DET, 6]`` a
+    sample, padding conf -1): the unpruned model's detections or the dataset's boxes."""
+    preds, truths = [], []
+    for x, y in _batches(data, batch_size):
+        preds += detections(torch.from_numpy(np.asarray(runner.run(x.numpy()))), VAL_CONF, VAL_MAX_DET)
+        truths += [ref[ref[:, 4] >= 0][:, [0, 1, 2, 3, 5]] for ref in y]
+    m50, m5095, n_true = map_against(preds, truths)
+    if not n_true:
+        if what == "reference":
+            raise StageError(f"det-agreement: the unpruned model detects nothing on these {len(data)} images "
+                             f"(confidence >= {CONF}), so agreement with it cannot be measured",
+                             hint="use images with the model's objects (--data images:DIR), a trained checkpoint, "
+                                  "or --metric output-error for random weights")
+        raise StageError(f"the {len(data)} labelled images have no boxes", hint="check the dataset's label files")
+    return 100.0 * m50, 100.0 * m5095
+
+
 @register("det-agreement", needs_labels=False, unit="mAP@0.5 vs unpruned detections, %", higher_is_better=True,
           reference=_detection_reference, loss="detection",
           summary="detectors (YOLO layout): mAP@0.5 of the detections against the unpruned model's, after NMS")
 def evaluate_det_agreement(runner, data, batch_size: int = 16) -> float:
-    preds, truths = [], []
-    for x, y in _batches(data, batch_size):
-        preds += detections(torch.from_numpy(np.asarray(runner.run(x.numpy()))))
-        truths += [ref[ref[:, 4] >= 0][:, [0, 1, 2, 3, 5]] for ref in y]
-    m50, _, n_true = map_against(preds, truths)
-    if not n_true:
-        raise StageError(f"det-agreement: the unpruned model detects nothing on these {len(data)} images "
-                         f"(confidence >= {CONF}), so agreement with it cannot be measured",
-                         hint="use images with the model's objects (--data images:DIR), a trained checkpoint, "
-                              "or --metric output-error for random weights")
-    return 100.0 * m50
+    return _det_scores(runner, data, batch_size, "reference")[0]
+
+
+@register("map50", needs_labels=True, unit="mAP@0.5, %", higher_is_better=True, loss="detection",
+          summary="detectors (YOLO layout): mAP@0.5 against the dataset's boxes (yolo: data)")
+def evaluate_map50(runner, data, batch_size: int = 16) -> float:
+    return _det_scores(runner, data, batch_size, "labels")[0]
+
+
+@register("map50-95", needs_labels=True, unit="mAP@0.5:0.95, %", higher_is_better=True, loss="detection",
+          summary="detectors (YOLO layout): mAP@0.5:0.95 (COCO's) against the dataset's boxes (yolo: data)")
+def evaluate_map50_95(runner, data, batch_size: int = 16) -> float:
+    return _det_scores(runner, data, batch_size, "labels")[1]

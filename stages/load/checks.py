@@ -38,6 +38,12 @@ def _torchvision(arg: str) -> None:
     if arg not in names:
         raise SpecError(f"unknown torchvision model '{arg}'.{did_you_mean(arg, names)}",
                         hint="see torchvision.models.list_models()")
+    if arg in torchvision.models.list_models(module=torchvision.models.detection) or \
+            arg in torchvision.models.list_models(module=torchvision.models.optical_flow):
+        raise SpecError(f"torchvision model '{arg}' returns a list of per-image results of varying size (boxes, "
+                        "masks, flows), which the pipeline's one-output contract cannot carry yet",
+                        hint="for detection use an Ultralytics YOLO (ultralytics:yolov8n, ultralytics:yolo11n); or "
+                             "wrap the backbone as python:module:factory")
 
 
 @MODEL_CHECKS.register("timm")

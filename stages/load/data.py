@@ -83,14 +83,14 @@ def load_data(spec: str, req: DataRequest | tuple[int, ...] | None) -> DataBundl
     """Resolve a data spec.
 
     Args:
-        spec: ``digits``, ``imagefolder:PATH``, ``images:PATH``, ``random``, ``text:FILE``, ``tokens:random`` or ``python:module:fn``.
+        spec: ``digits``, ``imagefolder:PATH``, ``images:PATH``, ``yolo:DATA.yaml``, ``shapes``, ``random``, ``text:FILE``, ``tokens:random`` or ``python:module:fn``.
         req: What the model needs (a bare sample shape reads as an image model's).
     """
     if not isinstance(req, DataRequest):
         req = DataRequest(tuple(req) if req is not None else None)
     kind, _, arg = spec.partition(":")
     source = DATA_SOURCES.get(kind)
-    if req.tokens and kind in ("digits", "random", "imagefolder", "images"):
+    if req.tokens and kind in ("digits", "random", "imagefolder", "images", "yolo", "shapes"):
         raise SpecError(f"data '{spec}' gives images, but the model takes token inputs (input_ids, attention_mask)",
                         hint="use --data text:FILE (one sample a line) or --data tokens:random (latency only)")
     if not req.tokens and kind in ("text", "tokens"):
@@ -177,46 +177,6 @@ def _imagefolder(arg: str, req: DataRequest) -> DataBundle:
     a, b = int(0.6 * n), int(0.8 * n)
     sub = torch.utils.data.Subset
     return DataBundle(f"imagefolder:{root.name}", sub(full, perm[:a]), sub(full, perm[a:b]), sub(full, perm[b:]), (c, h, w))
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-@DATA_SOURCES.register("images")
-def _images(arg: str, req: DataRequest) -> DataBundle:
-    """Unlabelled images under a folder (recursively), prepared as Ultralytics' predictor prepares them: letterboxed
-    to the model's H x W (aspect kept, grey 114 padding, ``ultralytics.data.augment.LetterBox``), RGB in [0, 1].
-    Split 60/20/20 by a fixed permutation; labels come from the unpruned model (e.g. ``det-agreement``)."""
-    root = Path(arg).expanduser()
-    if not root.is_dir():
-        raise SpecError(f"images: folder not found: {root}", hint="give a folder of .jpg / .png images")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if len(files) < 5:
-        raise SpecError(f"images:{root} has {len(files)} images", hint="give at least 5 (calib and test need some)")
-    c, h, w = req.input_shape if req.input_shape is not None else (3, 640, 640)
-    if c != 3:
-        raise SpecError(f"images: gives RGB images but the model expects {_fmt((c, h, w))}",
-                        hint="use images: with a 3-channel model")
-    x = torch.stack([_letterboxed(p, h, w) for p in files])
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    a, b = max(1, int(0.6 * len(x))), max(2, int(0.8 * len(x)))
-    no = torch.full((len(x),), -1, dtype=torch.long)
-    parts = [TensorDataset(x[idx], no[idx]) for idx in (perm[:a], perm[a:b], perm[b:])]
-    return DataBundle(f"images:{root.name}", *parts, (c, h, w), metric="agreement", labeled=False)
-
-
-def _letterboxed(path: Path, h: int, w: int) -> torch.Tensor:
-    try:
-        import cv2
-        from ultralytics.data.augment import LetterBox
-    except ImportError:
-        raise SpecError("images: data is prepared with Ultralytics' letterbox, and ultralytics is not installed",
-                        hint="pip install 'edge-pipeline[yolo]'") from None
-    im = cv2.imread(str(path))
-    if im is None:
-        raise SpecError(f"images: cannot read {path}", hint="remove the file or convert it to .jpg / .png")
-    im = LetterBox((h, w), auto=False)(image=im)
-    return torch.from_numpy(im[..., ::-1].copy()).permute(2, 0, 1).float() / 255.0
 
 
 @DATA_CHECKS.register("python")

@@ -62,8 +62,8 @@ def run_metric(lm: LoadedModel, data: DataBundle, metric: str | None) -> str:
             raise SpecError(f"metric '{ev.name}' needs a denoising split with clean images; data '{data.name}' has none",
                             hint="use --data digits-ddpm with a diffusion model (example:digits-ddpm), or another "
                                  "metric")
-        if ev.name == "det-agreement" and lm.task != "detect":
-            raise SpecError(f"metric 'det-agreement' reads YOLO-layout detections; model '{lm.spec}' is "
+        if ev.loss == "detection" and lm.task != "detect":
+            raise SpecError(f"metric '{ev.name}' reads YOLO-layout detections; model '{lm.spec}' is "
                             f"{lm.task or 'not a detector'}", hint="use it with an ultralytics: detect model")
         if ev.name == "perplexity" and lm.task != "causal-lm":
             raise SpecError(f"metric 'perplexity' needs a causal LM; model '{lm.spec}' is "

@@ -20,6 +20,7 @@ from core.errors import ModelLoadError, SpecError, did_you_mean
 from core.io import sha256_file
 from core.registry import Registry
 from stages.load import ddpm  # noqa: F401 - registers the digits-ddpm data source
+from stages.load import detection_data  # noqa: F401 - registers the images:, yolo: and shapes data sources
 from stages.load.checks import MODEL_CHECKS
 from stages.load.cifar_resnet import DIGITS_RESNET, DIGITS_WEIGHTS, digits_resnet  # noqa: F401 - re-exported
 from stages.load.data import import_callable
@@ -152,6 +153,8 @@ def _torchvision(arg: str, req: ModelRequest) -> LoadedModel:
     import torchvision
 
     MODEL_CHECKS.get("torchvision")(arg)
+    if arg in torchvision.models.list_models(module=torchvision.models.segmentation):
+        return _torchvision_segmentation(arg, req)
     model = torchvision.models.get_model(arg, weights=None)
     notes = []
     cached = _cached_torchvision_weights(arg)
@@ -162,6 +165,32 @@ def _torchvision(arg: str, req: ModelRequest) -> LoadedModel:
         notes.append("random init (no pretrained weights in the local torch hub cache; nothing is downloaded)")
     shape = (3, 299, 299) if arg == "inception_v3" else (3, 224, 224)
     return LoadedModel(arg, f"torchvision:{arg}", model, shape, notes)
+
+
+def _torchvision_segmentation(arg: str, req: ModelRequest) -> LoadedModel:
+    """A torchvision segmentation model (dict output): its ``out`` logits ``[batch, classes, H, W]``, no auxiliary
+    head, no backbone weights (nothing is downloaded); metric ``seg-agreement``."""
+    import torchvision
+
+    from stages.model.contract import InputSpec, OutputSpec
+
+    kwargs = {} if arg.startswith("lraspp") else {"aux_loss": False}
+    model = torchvision.models.get_model(arg, weights=None, weights_backbone=None, **kwargs)
+    notes = []
+    cached = _cached_torchvision_weights(arg)
+    if cached is not None:
+        state = torch.load(cached, weights_only=True, map_location="cpu")
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("aux_classifier.")})
+        notes.append(f"weights from local cache {cached}")
+    else:
+        notes.append("random init (no pretrained weights in the local torch hub cache; nothing is downloaded)")
+    shape = tuple(req.input_shape) if req.input_shape is not None else (3, 520, 520)
+    import inspect
+
+    arg_name = next(iter(inspect.signature(model.forward).parameters))  # `input` (LR-ASPP) or `x` (FCN, DeepLab)
+    io = ModelIO((InputSpec(arg_name, "float32", shape),), OutputSpec("out", "out"))
+    return LoadedModel(arg, f"torchvision:{arg}", ContractModel(model, io), shape, notes, task="segmentation",
+                       metric="seg-agreement")
 
 
 def _cached_torchvision_weights(name: str) -> Path | None:
@@ -196,11 +225,33 @@ def _timm(arg: str, req: ModelRequest) -> LoadedModel:
 
 @MODEL_SOURCES.register("ultralytics")
 def _ultralytics(arg: str, req: ModelRequest) -> LoadedModel:
-    from stages.load.yolo import IMGSZ, YoloNet, load_yolo
-    from stages.model.contract import InputSpec, OutputSpec
+    from stages.load.yolo import IMGSZ, load_yolo
 
     net, task, meta = load_yolo(arg, req.trust_checkpoint)
-    side = IMGSZ[task]
+    note = ("random init (the YAML that ships with ultralytics; nothing is downloaded)" if not arg.endswith(".pt")
+            else f"weights from {arg} (sha256 {sha256_file(Path(arg))[:12]})")
+    return _yolo_model(net, task, meta, req, IMGSZ[task], Path(arg).stem, f"ultralytics:{arg}", note)
+
+
+def _shapes_yolo(req: ModelRequest) -> LoadedModel:
+    """YOLOv8n trained here on the generated shapes (:mod:`stages.load.train_shapes_yolo`), data ``shapes``."""
+    from stages.load.shapes import NAMES, SIZE
+    from stages.load.yolo import load_yolo
+
+    weights = Path(str(resources.files("stages.load") / "weights" / "shapes_yolov8n.pt"))
+    net, task, meta = load_yolo("yolov8n", False, weights, NAMES)
+    lm = _yolo_model(net, task, meta, req, SIZE, "shapes-yolo", "example:shapes-yolo",
+                     f"YOLOv8n trained here on generated shapes (stages/load/train_shapes_yolo.py, sha256 "
+                     f"{sha256_file(weights)[:12]})")
+    lm.default_data = "shapes"
+    return lm
+
+
+def _yolo_model(net: nn.Module, task: str, meta: dict, req: ModelRequest, side: int, name: str, spec: str,
+                note: str) -> LoadedModel:
+    from stages.load.yolo import YoloNet
+    from stages.model.contract import InputSpec, OutputSpec
+
     shape = tuple(req.input_shape) if req.input_shape is not None else (3, side, side)
     if len(shape) != 3:
         raise SpecError(f"ultralytics: input shape {shape} is not C,H,W", hint="pass e.g. --input-shape 3,640,640")
@@ -214,9 +265,7 @@ def _ultralytics(arg: str, req: ModelRequest) -> LoadedModel:
                  OutputSpec(None, "output0", (None, "anchors") if task == "detect" else ()),
                  {"height": int(shape[1]), "width": int(shape[2])})
     model = ContractModel(YoloNet(net, task, meta), io)
-    note = ("random init (the YAML that ships with ultralytics; nothing is downloaded)" if not arg.endswith(".pt")
-            else f"weights from {arg} (sha256 {sha256_file(Path(arg))[:12]})")
-    return LoadedModel(Path(arg).stem, f"ultralytics:{arg}", model, shape, [note], task=task,
+    return LoadedModel(name, spec, model, shape, [note], task=task,
                        metric="det-agreement" if task == "detect" else "agreement", default_data="random")
 
 
@@ -276,6 +325,7 @@ def _digits_ddpm(req: ModelRequest) -> LoadedModel:
 
 
 EXAMPLES["digits-ddpm"] = _digits_ddpm
+EXAMPLES["shapes-yolo"] = _shapes_yolo
 EXAMPLES["minilm"] = _minilm
 EXAMPLES["tiny-llama"] = _tiny_llama
 

@@ -64,8 +64,11 @@ def shipped_yamls() -> list[str]:
     return names
 
 
-def load_yolo(arg: str, trust: bool) -> tuple[nn.Module, str, dict]:
-    """(the prepared Ultralytics model, its task, its ONNX metadata) for ``arg`` (a shipped YAML or a ``.pt``)."""
+def load_yolo(arg: str, trust: bool, weights: Path | None = None, names: tuple[str, ...] | None = None
+              ) -> tuple[nn.Module, str, dict]:
+    """(the prepared Ultralytics model, its task, its ONNX metadata) for ``arg`` (a shipped YAML or a ``.pt``);
+    ``weights`` (a plain ``state_dict``, read weights-only) and ``names`` (its classes) for a YAML model trained
+    here (``example:shapes-yolo``)."""
     ultralytics_root()
     from ultralytics.nn.tasks import ClassificationModel, DetectionModel, guess_model_task, load_checkpoint
 
@@ -94,7 +97,12 @@ def load_yolo(arg: str, trust: bool) -> tuple[nn.Module, str, dict]:
             raise SpecError(f"ultralytics: '{arg}' is a {task} model; its head has several outputs or a task-specific "
                             "layout the pipeline cannot evaluate yet", hint="use the detect or classify variant")
         torch.manual_seed(0)
-        model = (DetectionModel if task == "detect" else ClassificationModel)(name, verbose=False)
+        kwargs = {"nc": len(names)} if names else {}
+        model = (DetectionModel if task == "detect" else ClassificationModel)(name, verbose=False, **kwargs)
+        if weights is not None:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+            model.names = dict(enumerate(names or ()))
         source = name
     if task not in TASKS:
         raise SpecError(f"ultralytics: '{arg}' is a {task} model; its head has several outputs or a task-specific "

@@ -10,6 +10,8 @@ calibration labels hold what that metric compares against (:func:`stages.load.da
   training loss (perplexity). The labels (the unpruned model's NLL) are not needed.
 - ``features``: any output against the unpruned model's output: the relative squared error
   ``||out - y||^2 / ||y||^2`` (cosine, output-error: embeddings).
+- ``pixels``: segmentation logits ``[N, C, H, W]`` against a class map ``[N, H, W]`` (the unpruned model's,
+  seg-agreement): per-pixel cross-entropy.
 - ``detection`` (det-agreement): none yet. The labels are the unpruned model's boxes after NMS, which no
   differentiable loss here reads; gradient criteria are refused up front for such runs (pipeline.preflight).
 - ``pw:A:G`` (``recovery.loss: pw`` on a ``classes`` model): the performance-weighted cross-entropy of
@@ -27,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-KINDS = ("classes", "next-token", "features", "pw", "detection")
+KINDS = ("classes", "next-token", "features", "pw", "detection", "pixels")
 
 
 def pw_kind(min_weight: float = 0.75, gamma: float = 5.0) -> str:
@@ -73,6 +75,8 @@ def task_loss(kind: str, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) ->
         a, g = (float(v) for v in (kind.split(":")[1:] or ["0.75", "5"]))
         logits = out.reshape(-1, out.shape[-1])
         return pw_cross_entropy(logits, logits, y.to(out.device).reshape(-1), a, g)
+    if kind == "pixels":
+        return F.cross_entropy(out, y.to(out.device).long().reshape(out.shape[:1] + out.shape[2:]))
     if kind == "detection":
         raise ValueError("no differentiable task loss for detection outputs; use a criterion without gradients")
     if kind != "classes":

@@ -98,7 +98,8 @@ def make_optimizer(model: nn.Module, settings: DistillSettings) -> tuple[torch.o
 
 
 # diffusion: noise-prediction matching; detectors: the raw [batch, 4 + classes, anchors] output (boxes and scores)
-FEATURE_METRICS = ("cosine", "output-error", "fid-digits", "denoise-loss", "det-agreement")
+FEATURE_METRICS = ("cosine", "output-error", "fid-digits", "denoise-loss", "det-agreement", "map50", "map50-95",
+                   "seg-agreement")  # segmentation: the logits map
 
 
 def loss_for(metric: str | None) -> str:

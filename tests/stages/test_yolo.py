@@ -145,6 +145,7 @@ def test_images_source_letterboxes_like_ultralytics(tmp_path):
     import cv2
 
     from stages.load.data import DataRequest, load_data
+    from stages.load.models import load_model  # noqa: F401 - registers the data sources
 
     src = cv2.imread(str(ASSETS / "bus.jpg"))
     for i in range(6):
@@ -157,3 +158,48 @@ def test_images_source_letterboxes_like_ultralytics(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SpecError, match="has 0 images"):
         load_data(f"images:{tmp_path / 'empty'}", DataRequest((3, 96, 128)))
+
+
+class _PerfectDetector:
+    """A runner whose raw YOLO output holds each labelled box at one anchor, class score 0.9: NMS gives the labels."""
+
+    def __init__(self, data, classes: int = 3, anchors: int = 64):
+        self.labels = {i: data[i][1] for i in range(len(data))}
+        self.classes, self.anchors, self.seen = classes, anchors, 0
+
+    def run(self, x):
+        out = np.zeros((len(x), 4 + self.classes, self.anchors), dtype=np.float32)
+        for b in range(len(x)):
+            ref = self.labels[self.seen + b]
+            for k, (x1, y1, x2, y2, conf, cls) in enumerate(ref[ref[:, 4] >= 0].tolist()):
+                out[b, :4, k] = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
+                out[b, 4 + int(cls), k] = 0.9
+        self.seen += len(x)
+        return out
+
+
+def test_yolo_dataset_boxes_follow_the_letterbox_and_score_full_map(tmp_path):
+    from stages.load.data import DataRequest, load_data
+    from stages.load.models import load_model  # noqa: F401 - registers the data sources
+    from stages.load.shapes import write_shapes
+
+    yaml_path = write_shapes(tmp_path, {"train": 4, "val": 3, "test": 5}, size=128)
+    data = load_data(f"yolo:{yaml_path}", DataRequest((3, 160, 224)))
+    assert (len(data.train), len(data.calib), len(data.test), data.metric) == (4, 3, 5, "map50-95")
+    first = (tmp_path / "labels" / "train" / "00000.txt").read_text().split()
+    c, cx, w = int(first[0]), float(first[1]), float(first[3])
+    box = data.train[0][1][0]
+    scale, left = 160 / 128, (224 - 160) // 2
+    assert int(box[5]) == c and float(box[0]) == pytest.approx((cx - w / 2) * 128 * scale + left, abs=0.01)
+    assert EVALUATORS.get("map50")(_PerfectDetector(data.test), data.test) == pytest.approx(99.5, abs=0.01)
+    assert EVALUATORS.get("map50-95")(_PerfectDetector(data.test), data.test) == pytest.approx(99.5, abs=0.01)
+
+
+@pytest.mark.parametrize("text, match", [("train: a\n", "has no val, names"), ("{: bad", "is not YAML")])
+def test_bad_yolo_dataset_files_stop_in_one_line(tmp_path, text, match):
+    from stages.load.data import DataRequest, load_data
+    from stages.load.models import load_model  # noqa: F401 - registers the data sources
+
+    (tmp_path / "d.yaml").write_text(text)
+    with pytest.raises(SpecError, match=match):
+        load_data(f"yolo:{tmp_path / 'd.yaml'}", DataRequest((3, 64, 64)))

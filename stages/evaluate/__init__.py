@@ -303,5 +303,4 @@ class TorchRunner:
             return self.model(torch.from_numpy(x)).numpy()
 
 
-from stages.evaluate import generative  # noqa: E402,F401 - registers fid-digits and denoise-loss
-from stages.evaluate import detection  # noqa: E402,F401 - registers det-agreement
+from stages.evaluate import detection, generative  # noqa: E402,F401 - register det-agreement, map50(-95), fid-digits ...

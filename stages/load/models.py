@@ -19,8 +19,10 @@ from torch import nn
 from core.errors import ModelLoadError, SpecError, did_you_mean
 from core.io import sha256_file
 from core.registry import Registry
-from stages.load import ddpm  # noqa: F401 - registers the digits-ddpm data source
-from stages.load import detection_data  # noqa: F401 - registers the images:, yolo: and shapes data sources
+from stages.load import (
+    ddpm,  # noqa: F401 - registers the digits-ddpm data source
+    detection_data,  # noqa: F401 - registers the images:, yolo: and shapes data sources
+)
 from stages.load.checks import MODEL_CHECKS
 from stages.load.cifar_resnet import DIGITS_RESNET, DIGITS_WEIGHTS, digits_resnet  # noqa: F401 - re-exported
 from stages.load.data import import_callable

@@ -171,7 +171,7 @@ class _PerfectDetector:
         out = np.zeros((len(x), 4 + self.classes, self.anchors), dtype=np.float32)
         for b in range(len(x)):
             ref = self.labels[self.seen + b]
-            for k, (x1, y1, x2, y2, conf, cls) in enumerate(ref[ref[:, 4] >= 0].tolist()):
+            for k, (x1, y1, x2, y2, _, cls) in enumerate(ref[ref[:, 4] >= 0].tolist()):
                 out[b, :4, k] = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
                 out[b, 4 + int(cls), k] = 0.9
         self.seen += len(x)

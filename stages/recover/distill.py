@@ -7,6 +7,9 @@ Loss (``DistillSettings.loss``):
   labels (``random``, ``text:`` data) the CE term is dropped;
 - ``feature`` (embeddings, any output read by ``cosine`` / ``output-error``): the relative squared
   error ``||s - t||^2 / ||t||^2``, scale-free, so one learning rate fits every model;
+- ``detection`` (YOLO-layout detector outputs, ``det-agreement`` / ``map50`` / ``map50-95``): the relative
+  squared error of the class scores plus that of the boxes weighted by the teacher's best score at each anchor
+  (:func:`detection_kd`);
 - ``pw`` (``recovery.loss: pw``, class logits with labels): the performance-weighted loss of Meyer &
   Wong (methods.md §8, from their code): ``mean_i w_i * CE(s_i, t_i)`` with ``w_i = a + (1 - a) *
   (1 - p_i)^g``, ``p_i`` the unpruned model's probability of the true class, and ``t_i`` the unpruned
@@ -62,7 +65,7 @@ class DistillSettings:
     # ``schedule_start``: a run split in two phases (soft masks, then plain KD) keeps one schedule
     schedule_start: int = 0
     schedule_steps: int | None = None
-    loss: str = "kl"  # "kl", "feature" (loss_for) or "pw" (performance-weighted, pw_loss)
+    loss: str = "kl"  # "kl", "feature", "detection" (loss_for) or "pw" (performance-weighted, pw_loss)
     pw_min_weight: float = 0.75  # the PW loss's a
     pw_gamma: float = 5.0  # the PW loss's g
     optimizer: str = "auto"  # "auto", "sgd" or "adamw" (make_optimizer)
@@ -98,13 +101,25 @@ def make_optimizer(model: nn.Module, settings: DistillSettings) -> tuple[torch.o
 
 
 # diffusion: noise-prediction matching; detectors: the raw [batch, 4 + classes, anchors] output (boxes and scores)
-FEATURE_METRICS = ("cosine", "output-error", "fid-digits", "denoise-loss", "det-agreement", "map50", "map50-95",
-                   "seg-agreement")  # segmentation: the logits map
+FEATURE_METRICS = ("cosine", "output-error", "fid-digits", "denoise-loss", "seg-agreement")  # seg: the logits map
+DETECTION_METRICS = ("det-agreement", "map50", "map50-95")  # YOLO layout [batch, 4 + classes, anchors]
 
 
 def loss_for(metric: str | None) -> str:
     """``feature`` for outputs compared as vectors (cosine, output-error), else ``kl``."""
+    if metric in DETECTION_METRICS:
+        return "detection"
     return "feature" if metric in FEATURE_METRICS else "kl"
+
+
+def detection_kd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Distillation of a YOLO-layout output ``[batch, 4 + classes, anchors]``: the relative squared error of the
+    class scores over every anchor, plus that of the boxes weighted by the teacher's best class score at each anchor
+    (a background anchor's box means nothing; in pixels, unweighted boxes drown the scores)."""
+    sb, tb, ss, ts = student[:, :4], teacher[:, :4], student[:, 4:], teacher[:, 4:]
+    w = ts.max(1, keepdim=True).values.detach()
+    boxes = (w * (sb - tb).pow(2)).sum() / (w * tb.pow(2)).sum().clamp_min(1e-12)
+    return boxes + (ss - ts).pow(2).sum() / ts.pow(2).sum().clamp_min(1e-12)
 
 
 def pw_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, min_weight: float = 0.75,
@@ -121,6 +136,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch
     the last axis; ``loss="feature"``: the relative squared error of the outputs."""
     if loss == "feature":
         return (student_logits - teacher_logits).pow(2).sum() / teacher_logits.pow(2).sum().clamp_min(1e-12)
+    if loss == "detection":
+        return detection_kd(student_logits, teacher_logits)
     if teacher_logits.dim() > 2:
         student_logits = student_logits.reshape(-1, student_logits.shape[-1])
         teacher_logits = teacher_logits.reshape(-1, teacher_logits.shape[-1])

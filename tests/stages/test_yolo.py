@@ -203,3 +203,19 @@ def test_bad_yolo_dataset_files_stop_in_one_line(tmp_path, text, match):
     (tmp_path / "d.yaml").write_text(text)
     with pytest.raises(SpecError, match=match):
         load_data(f"yolo:{tmp_path / 'd.yaml'}", DataRequest((3, 64, 64)))
+
+
+def test_detection_distillation_weighs_boxes_by_the_teachers_scores():
+    from stages.recover.distill import detection_kd, loss_for
+
+    assert loss_for("det-agreement") == loss_for("map50-95") == "detection"
+    teacher = torch.zeros(1, 7, 4)
+    teacher[0, :4] = 100.0
+    teacher[0, 5, 0] = 0.9  # one confident anchor
+    assert float(detection_kd(teacher, teacher)) == 0.0
+    background_moved = teacher.clone()
+    background_moved[0, :4, 1:] += 50.0  # boxes at anchors the teacher scores 0
+    assert float(detection_kd(background_moved, teacher)) == 0.0
+    object_moved = teacher.clone()
+    object_moved[0, :4, 0] += 50.0
+    assert float(detection_kd(object_moved, teacher)) == pytest.approx(0.25)

@@ -60,6 +60,12 @@ ARCHS = {  # name: input side (64 unless the architecture needs more), construct
     "ultralytics:yolo11n-cls": (224, {}), "ultralytics:yolov8s": (320, {}), "ultralytics:yolo11s": (320, {}),
     "torchvision:lraspp_mobilenet_v3_large": (128, {}), "torchvision:deeplabv3_mobilenet_v3_large": (128, {}),
     "torchvision:fcn_resnet50": (128, {}), "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn": (320, {}),
+    # timm picks (random init): transformers at their own 224, CNNs at 128 (MobileViT: 256, a multiple of its patches)
+    "timm:vit_tiny_patch16_224": (224, {}), "timm:deit_tiny_patch16_224": (224, {}),
+    "timm:swin_tiny_patch4_window7_224": (224, {}), "timm:mobilevit_xxs": (256, {}), "timm:convnext_atto": (128, {}),
+    "timm:efficientnet_b0": (128, {}), "timm:ghostnet_100": (128, {}), "timm:mobilenetv3_small_100": (128, {}),
+    "timm:regnety_002": (128, {}), "timm:resnet18": (128, {}), "timm:efficientvit_b0": (128, {}),
+    "timm:levit_128s": (224, {}), "timm:repvit_m0_9": (128, {}), "timm:fastvit_t8": (128, {}),
 }
 # maxvit_t (224x224) is not in the default list: Torch-Pruning's group enumeration warned "Maximum recursive depth reached"
 # and grew past 14 GB in 8 minutes without finishing (killed); a run now refuses it after 120 s (graph.py)

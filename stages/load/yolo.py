@@ -27,8 +27,11 @@ and predicts with it like with its own export.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,6 +55,19 @@ def ultralytics_root() -> Path:
     return Path(ultralytics.__file__).parent
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Ultralytics' logger held at ERROR (its INFO / WARNING lines about building a model are not the user's)."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
 def shipped_yamls() -> list[str]:
     """The model names whose YAML ships inside ``ultralytics`` with a scale (``yolov8n``, ``yolo11s-cls``, ...)."""
     import yaml
@@ -70,7 +86,13 @@ def load_yolo(arg: str, trust: bool, weights: Path | None = None, names: tuple[s
     ``weights`` (a plain ``state_dict``, read weights-only) and ``names`` (its classes) for a YAML model trained
     here (``example:shapes-yolo``)."""
     ultralytics_root()
-    from ultralytics.nn.tasks import ClassificationModel, DetectionModel, guess_model_task, load_checkpoint
+    from ultralytics.nn.tasks import (
+        ClassificationModel,
+        DetectionModel,
+        guess_model_task,
+        load_checkpoint,
+        yaml_model_load,
+    )
 
     if arg.endswith(".pt") or Path(arg).is_file():
         if not Path(arg).is_file():
@@ -92,13 +114,15 @@ def load_yolo(arg: str, trust: bool, weights: Path | None = None, names: tuple[s
                             f"{did_you_mean(Path(name).stem, known)}",
                             hint="e.g. ultralytics:yolov8n, ultralytics:yolo11n, ultralytics:yolov8n-cls; "
                                  "or a trained .pt with --trust-checkpoint")
-        task = guess_model_task(name)
+        with quiet():
+            task = guess_model_task(yaml_model_load(name))
         if task not in TASKS:
             raise SpecError(f"ultralytics: '{arg}' is a {task} model; its head has several outputs or a task-specific "
                             "layout the pipeline cannot evaluate yet", hint="use the detect or classify variant")
         torch.manual_seed(0)
         kwargs = {"nc": len(names)} if names else {}
-        model = (DetectionModel if task == "detect" else ClassificationModel)(name, verbose=False, **kwargs)
+        with quiet():
+            model = (DetectionModel if task == "detect" else ClassificationModel)(name, verbose=False, **kwargs)
         if weights is not None:
             state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

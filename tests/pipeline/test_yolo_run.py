@@ -48,3 +48,30 @@ def test_detection_metric_on_a_classifier_is_one_line(cli, tmp_path):
     rc, _, err = cli("run", "--model", "example:digits-resnet", "--metric", "map50", "--speedup", "1.2",
                      "--out", tmp_path / "r")
     assert rc == 2 and "YOLO-layout detections" in err and "Traceback" not in err
+
+
+def test_shapes_detector_scores_map_on_its_own_data():
+    """The shipped YOLOv8n (trained here) finds the shapes: mAP@0.5:0.95 on the generated test split, in PyTorch."""
+    from stages.evaluate import TorchRunner, evaluate
+    from stages.load.inputs import load_inputs
+    from stages.load.models import ModelRequest
+
+    lm, data = load_inputs(ModelRequest("example:shapes-yolo"), None, 0)
+    assert data.metric == "map50-95" and lm.input_shape == (3, 256, 256) and len(data.test) == 150
+    assert evaluate("map50-95", TorchRunner(lm.module), data.test) > 60.0
+
+
+def test_gradient_criterion_with_a_detection_metric_is_one_line(cli, tmp_path):
+    rc, _, err = cli("run", "--model", "example:shapes-yolo", "--criterion", "taylor", "--speedup", "1.2",
+                     "--out", tmp_path / "r")
+    assert rc == 2 and "differentiates a task loss" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_shapes_detector_default_run(cli, tmp_path):
+    """`pipeline run --model example:shapes-yolo --speedup 1.3` from the defaults: exit 0 or 1, mAP reported."""
+    out = tmp_path / "run"
+    rc, _, err = cli("run", "--model", "example:shapes-yolo", "--speedup", "1.3", "--out", out, "-q")
+    assert rc in (0, 1), err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["metric"]["name"] == "map50-95" and rep["final"]["macs"] < rep["baseline"]["macs"]

@@ -139,6 +139,20 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     return sorted(set(found), key=list(names.values()).index)
 
 
+def detach_caches(model: nn.Module) -> None:
+    """Tensors a module cached from a forward pass with autograd on (timm LeViT's attention-bias cache, a dict
+    attribute) carry a graph, and ``copy.deepcopy`` refuses non-leaf tensors: the tracing and output-layer
+    passes leave them detached."""
+    for m in model.modules():
+        for key, value in vars(m).items():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                setattr(m, key, value.detach())
+            elif isinstance(value, dict) and key not in ("_parameters", "_buffers", "_modules"):
+                for k, v in list(value.items()):
+                    if isinstance(v, torch.Tensor) and v.grad_fn is not None:
+                        value[k] = v.detach()
+
+
 def declared_held(model: nn.Module) -> list[str]:
     """Layers a model adapter declares held: a submodule with a ``pipeline_held`` attribute (names relative to
     itself, e.g. :class:`stages.load.yolo.YoloNet`'s attention inside YOLO11's C2PSA) holds their output channels."""
@@ -170,8 +184,10 @@ class PruneGraph:
         probe_sites(model, example_input, self._sites)
         self._held_mha = held_attention(model)
         self._dg = _dependency_graph(model, example_input)
+        detach_caches(model)
         self._names = {m: n for n, m in model.named_modules()}
         self._cache: list[tuple[GroupInfo, object]] | None = None
+        self._unmapped: list[str] = []  # groups held because Torch-Pruning's index mapping runs out of range
 
     def _tp_groups(self) -> list[tuple[GroupInfo, object]]:
         if self._cache is not None:
@@ -191,6 +207,11 @@ class PruneGraph:
             self._dg.get_all_groups(ignored_layers=self._ignored)
         for g in raw:
             root = g[0].dep.target.module
+            bad = self._out_of_range(g)
+            if bad is not None:
+                self._unmapped.append(f"{self._names.get(root, '?')}: held (Torch-Pruning {TP_VERSION} maps its "
+                                      f"channels out of range at {bad})")
+                continue
             outs, ins = [], []
             for dep, _ in g:
                 name = self._names.get(dep.target.module)
@@ -208,6 +229,25 @@ class PruneGraph:
                 continue  # attention layers outside their head group, a held attention, a residual width: held
             out.append((info, g))
         return out
+
+    def _out_of_range(self, g) -> str | None:
+        """The first layer where a group's channel indices exceed the layer's width (Torch-Pruning's mapping through
+        a split / reshape it does not follow: YOLO's chunked convs, EfficientViT's and LeViT's attention, FastViT),
+        else None. Such a group cannot be scored or cut; it is held, never crashed on."""
+        for dep, idxs in g:
+            try:
+                fn = self._dg.get_out_channels if self._dg.is_out_channel_pruning_fn(dep.handler) else \
+                    self._dg.get_in_channels
+                width = fn(dep.target)
+            except (AttributeError, KeyError, TypeError):
+                continue
+            if width and idxs and max(int(getattr(i, "idx", i)) for i in idxs) >= width:
+                return self._names.get(dep.target.module, type(dep.target.module).__name__)
+        try:  # the cheapest of its own criteria, as every criterion indexes the group's layers (FastViT: depthwise
+            tp.importance.GroupMagnitudeImportance(p=2)(g)  # 1x1 convs taken by their in-channels)
+        except (IndexError, RuntimeError) as e:
+            return f"scoring ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+        return None
 
     def _transformer_groups(self, roots: Mapping[str, AttentionSite], owned: Mapping[str, AttentionSite]) -> list:
         """A transformer's candidate groups only: its prunable attention roots and the Linear layers whose output
@@ -462,11 +502,13 @@ class PruneGraph:
         return list(self._sites)
 
     def held_notes(self) -> list[str]:
-        """One line per attention module whose heads are held, with the reason."""
+        """One line per attention module whose heads are held, and per group held because its channel mapping is
+        out of range, with the reason."""
         notes = [f"{s.name}: heads held ({s.held})" for s in self._sites if s.held]
         notes += [f"{n}: heads held (nn.MultiheadAttention packs q/k/v with the residual width; FFN pruned)"
                   for n in self._held_mha]
-        return notes
+        self._tp_groups()
+        return notes + self._unmapped
 
 
 GROUPING_DEADLINE_S = 120  # Torch-Pruning's group enumeration; seconds on the models here, unbounded on MaxViT

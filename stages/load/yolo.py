@@ -236,8 +236,9 @@ def _half(conv_block: nn.Module, lo: int, hi: int) -> nn.Module:
     return out
 
 
-class SplitC2f(nn.Module):
-    """``C2f`` / ``C3k2`` / ``C2fPSA`` with ``cv1`` as two convs (``cv0``: the first half, ``cv1``: the second)."""
+class _SplitHalves(nn.Module):
+    """A block whose ``cv1`` output was chunked in two, with ``cv1`` as two convs: ``cv0`` the first half, ``cv1``
+    the second; ``m`` and ``cv2`` are the block's own."""
 
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
@@ -245,6 +246,10 @@ class SplitC2f(nn.Module):
         self.c = c
         self.cv0, self.cv1 = _half(block.cv1, 0, c), _half(block.cv1, c, 2 * c)
         self.m, self.cv2 = block.m, block.cv2
+
+
+class SplitC2f(_SplitHalves):
+    """``C2f`` / ``C3k2`` / ``C2fPSA``: each bottleneck in ``m`` takes the previous output; all are concatenated."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = [self.cv0(x), self.cv1(x)]
@@ -252,15 +257,8 @@ class SplitC2f(nn.Module):
         return self.cv2(torch.cat(y, 1))
 
 
-class SplitPSA(nn.Module):
-    """``C2PSA`` with ``cv1`` as two convs: ``cv0`` the pass-through half, ``cv1`` the half through the attention."""
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        c = block.c
-        self.c = c
-        self.cv0, self.cv1 = _half(block.cv1, 0, c), _half(block.cv1, c, 2 * c)
-        self.m, self.cv2 = block.m, block.cv2
+class SplitPSA(_SplitHalves):
+    """``C2PSA``: the second half goes through the attention blocks ``m``, the first passes."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv2(torch.cat((self.cv0(x), self.m(self.cv1(x))), 1))

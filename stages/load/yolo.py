@@ -285,3 +285,28 @@ class YoloNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def detection_loss(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the exported output, Ultralytics' own training loss per image) in one forward pass. ``boxes``: per image
+        ``[n, 6]`` rows ``(x1, y1, x2, y2, conf, class)`` in input pixels, ``conf`` < 0 for padding (the layout of
+        the ``yolo:`` labels and of ``det-agreement``'s references). The loss is ``v8DetectionLoss`` (box IoU,
+        class BCE and DFL with Ultralytics' default gains) on the head's raw training outputs; a detector only."""
+        from ultralytics.cfg import get_cfg
+        from ultralytics.utils.loss import v8DetectionLoss
+
+        head = self.net.model[-1]
+        head.training = True
+        try:
+            preds = self.net(images)
+        finally:
+            head.training = False
+        out = head._inference(preds)
+        keep = boxes[..., 4] >= 0
+        idx, rows = keep.nonzero(as_tuple=True)[0], boxes[keep]
+        h, w = images.shape[-2:]
+        xywh = torch.stack([(rows[:, 0] + rows[:, 2]) / 2 / w, (rows[:, 1] + rows[:, 3]) / 2 / h,
+                            (rows[:, 2] - rows[:, 0]) / w, (rows[:, 3] - rows[:, 1]) / h], 1)
+        if not isinstance(getattr(self.net, "args", None), type(get_cfg())):
+            self.net.args = get_cfg()  # Ultralytics' default hyperparameters (box 7.5, cls 0.5, dfl 1.5)
+        loss, _ = v8DetectionLoss(self.net)(preds, {"batch_idx": idx.float(), "cls": rows[:, 5:6], "bboxes": xywh})
+        return out, loss.sum() / len(images)

@@ -105,8 +105,9 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     pruning any of them would change the output's size. A classifier has one (its head); a detector has
     one per branch of its head (YOLO's box and class convs). A frozen layer (no parameter requiring
     grad, e.g. YOLO's DFL, a fixed projection) is an operator, not a learned layer: it is held and the walk
-    goes on through it. Found by walking the autograd graph of one forward pass back from the output;
-    empty when the output carries no autograd graph."""
+    goes on through it. Found by walking the autograd graph of one forward pass back from the output; empty
+    when the output carries no autograd graph. In a model whose output is its residual stream (a sentence
+    encoder) these include every layer writing into that stream: a width transformers hold anyway."""
     names = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
     made: dict[object, tuple[str, bool]] = {}  # output grad_fn -> (layer name, frozen)
 
@@ -174,13 +175,16 @@ class PruneGraph:
         self.example_input = example_input
         modules = dict(model.named_modules())
         head = find_classifier(model, example_input)
-        self.ignored_names = tuple(dict.fromkeys([*ignore, *([head] if head else []),
-                                                  *output_layers(model, example_input), *declared_held(model)]))
+        named = tuple(dict.fromkeys([*ignore, *([head] if head else [])]))
+        # attention sites are skipped for the user's holds only: an output layer such as an attention's output
+        # projection writing into the residual stream is held as an out-channel producer, not as a head site
+        self.ignored_names = tuple(dict.fromkeys([*named, *output_layers(model, example_input),
+                                                  *declared_held(model)]))
         unknown = [n for n in self.ignored_names if n not in modules]
         if unknown:
             raise KeyError(", ".join(unknown))
         self._ignored = [modules[n] for n in self.ignored_names]
-        self._sites = attention_sites(model, skip=self.ignored_names)
+        self._sites = attention_sites(model, skip=named)
         probe_sites(model, example_input, self._sites)
         self._held_mha = held_attention(model)
         self._dg = _dependency_graph(model, example_input)
@@ -235,6 +239,8 @@ class PruneGraph:
         a split / reshape it does not follow: YOLO's chunked convs, EfficientViT's and LeViT's attention, FastViT),
         else None. Such a group cannot be scored or cut; it is held, never crashed on."""
         for dep, idxs in g:
+            if not isinstance(dep.target.module, nn.Module):
+                continue  # an unwrapped parameter (Swin's relative-position bias): its own rule maps it, by head
             try:
                 fn = self._dg.get_out_channels if self._dg.is_out_channel_pruning_fn(dep.handler) else \
                     self._dg.get_in_channels

@@ -9,7 +9,9 @@ Loss (``DistillSettings.loss``):
   error ``||s - t||^2 / ||t||^2``, scale-free, so one learning rate fits every model;
 - ``detection`` (YOLO-layout detector outputs, ``det-agreement`` / ``map50`` / ``map50-95``): the relative
   squared error of the class scores plus that of the boxes weighted by the teacher's best score at each anchor
-  (:func:`detection_kd`);
+  (:func:`detection_kd`); with labelled boxes (``yolo:``, ``shapes``) ``alpha`` times that plus ``1 - alpha``
+  times the detector's own training loss (Ultralytics' ``v8DetectionLoss``, :meth:`YoloNet.detection_loss`), as
+  ``kl`` adds the cross-entropy;
 - ``pw`` (``recovery.loss: pw``, class logits with labels): the performance-weighted loss of Meyer &
   Wong (methods.md §8, from their code): ``mean_i w_i * CE(s_i, t_i)`` with ``w_i = a + (1 - a) *
   (1 - p_i)^g``, ``p_i`` the unpruned model's probability of the true class, and ``t_i`` the unpruned
@@ -164,6 +166,10 @@ def kd_batch_loss(student: nn.Module, teacher: nn.Module, xs: torch.Tensor, ys: 
     student.train()
     if loss == "pw":
         return pw_loss(student(x), teacher_logits, y, *pw)
+    task_loss = getattr(getattr(student, "model", None), "detection_loss", None)
+    if loss == "detection" and task_loss is not None and alpha < 1.0:
+        out, task = task_loss(x, y)  # labelled boxes: the detector's own training loss beside distillation
+        return alpha * detection_kd(out, teacher_logits) + (1 - alpha) * task
     return kd_loss(student(x), teacher_logits, y, t, alpha, loss)
 
 

@@ -219,3 +219,18 @@ def test_detection_distillation_weighs_boxes_by_the_teachers_scores():
     object_moved = teacher.clone()
     object_moved[0, :4, 0] += 50.0
     assert float(detection_kd(object_moved, teacher)) == pytest.approx(0.25)
+
+
+def test_detection_loss_is_ultralytics_training_loss_beside_the_exported_output():
+    lm = load_model(ModelRequest("ultralytics:yolov8n", input_shape=(3, 64, 64)))
+    net = lm.module.model
+    x = torch.rand(2, 3, 64, 64)
+    boxes = torch.full((2, 100, 6), -1.0)
+    boxes[0, 0] = torch.tensor([8.0, 8.0, 40.0, 30.0, 1.0, 3.0])
+    boxes[1, :2] = torch.tensor([[0.0, 0.0, 20.0, 20.0, 1.0, 0.0], [30.0, 30.0, 60.0, 62.0, 1.0, 5.0]])
+    out, loss = net.detection_loss(x, boxes)
+    with torch.no_grad():
+        assert torch.allclose(out, lm.module(x), atol=1e-5)  # the same output the pipeline exports
+    assert loss.ndim == 0 and float(loss) > 0
+    loss.backward()
+    assert net.net.model[0].conv.weight.grad is not None and not net.net.model[-1].training

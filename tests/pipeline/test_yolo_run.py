@@ -18,6 +18,7 @@ YOLO_YAML = FAST_YAML.replace("model: example:digits-resnet\n", "model: ultralyt
     .replace("steps: 60,", "steps: 5,")
 
 
+@pytest.mark.slow  # 35 s; its parts (layout, parity, YOLO() on the pruned file) are in tests/stages/test_yolo.py
 def test_yolo_runs_end_to_end_and_the_onnx_loads_in_ultralytics(cli, tmp_path):
     from ultralytics import YOLO
 

@@ -58,12 +58,12 @@ def export_onnx(model: nn.Module, sample_shape: tuple[int, ...], path: Path, set
     tmp = Path(tmp_name)
     try:
         if isinstance(model, ContractModel):
-            _contract_export(model, tmp, settings)
+            out_shape, dynamic = _contract_export(model, tmp, settings)
         else:
-            _torch_export(model, torch.zeros((1, *sample_shape)), tmp, settings)
+            out_shape, dynamic = _torch_export(model, torch.zeros((1, *sample_shape)), tmp, settings)
         nodes_before = len(onnx.load(str(tmp)).graph.node)
         graph = sanitize(onnx.load(str(tmp)))
-        pin_output_dims(graph, model, sample_shape)
+        pin_output_dims(graph, out_shape, dynamic)
         add_metadata(graph, model)
         try:
             onnx.checker.check_model(graph, full_check=True)
@@ -80,18 +80,25 @@ def export_onnx(model: nn.Module, sample_shape: tuple[int, ...], path: Path, set
             "nodes": len(graph.graph.node), "onnx_bytes": path.stat().st_size}
 
 
-def _torch_export(model: nn.Module, x: torch.Tensor, path: Path, s: ExportSettings) -> None:
+def _torch_export(model: nn.Module, x: torch.Tensor, path: Path, s: ExportSettings) -> tuple[tuple | None, set]:
+    """One float input; returns (the output's shape, its dynamic axes) for :func:`pin_output_dims`."""
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     _export(model, (x,), path, s, [INPUT_NAME], [OUTPUT_NAME], axes)
+    with torch.no_grad():
+        out = model(x)
+    return (tuple(out.shape) if isinstance(out, torch.Tensor) else None), set(axes[OUTPUT_NAME])
 
 
-def _contract_export(model: ContractModel, path: Path, s: ExportSettings) -> None:
-    """A contracted model through :class:`ExportView`: its named inputs, named axes and output name."""
+def _contract_export(model: ContractModel, path: Path, s: ExportSettings) -> tuple[tuple, set]:
+    """A contracted model through :class:`ExportView`: its named inputs, named axes and output name; returns (the
+    output's shape, its dynamic axes)."""
     io: ModelIO = model.io
     args = io.example(2)
     with torch.no_grad():
-        rank = model.call(dict(zip(io.names, args))).dim()
-    _export(ExportView(model).eval(), args, path, s, io.names, [io.output.name], io.dynamic_axes(rank))
+        shape = tuple(model.call(dict(zip(io.names, args))).shape)
+    axes = io.dynamic_axes(len(shape))
+    _export(ExportView(model).eval(), args, path, s, io.names, [io.output.name], axes)
+    return shape, set(axes[io.output.name])
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, s: ExportSettings, inputs: list[str],
@@ -124,23 +131,17 @@ def _forward_arg_names(model: nn.Module) -> list[str]:
     return [p for p in inspect.signature(model.forward).parameters if p != "self"]
 
 
-def pin_output_dims(graph: onnx.ModelProto, model: nn.Module, sample_shape: tuple[int, ...]) -> None:
-    """Output axes the exporter left as generated symbols (``Concatoutput0_dim_1``) get the size PyTorch computes;
-    ``batch`` and the contract's named axes stay symbolic."""
-    io = model.io if isinstance(model, ContractModel) else None
-    declared = {"batch", *(d for spec in (io.inputs if io else ()) for d in spec.shape if isinstance(d, str)),
-                *((d for d in io.output.axes or () if d) if io else ())}
-    x = torch.zeros((1, *(io.sample_shape() if io else sample_shape)), dtype=io.dtype if io else torch.float32)
-    with torch.no_grad():
-        out = model(x)
-    if not isinstance(out, torch.Tensor) or len(graph.graph.output) != 1:
+def pin_output_dims(graph: onnx.ModelProto, shape: tuple[int, ...] | None, dynamic: set[int]) -> None:
+    """Output axes the exporter left as generated symbols (``Concatoutput0_dim_1``) get the size PyTorch computed;
+    the axes it was told are dynamic (``batch``, the contract's named ones) stay symbolic."""
+    if shape is None or len(graph.graph.output) != 1:
         return
     dims = graph.graph.output[0].type.tensor_type.shape.dim
-    if len(dims) != out.dim():
+    if len(dims) != len(shape):
         return
     for k, d in enumerate(dims):
-        if k and d.HasField("dim_param") and d.dim_param not in declared:
-            d.dim_value = int(out.shape[k])
+        if k not in dynamic and d.HasField("dim_param"):
+            d.dim_value = int(shape[k])
 
 
 def add_metadata(graph: onnx.ModelProto, model: nn.Module) -> None:

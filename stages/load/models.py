@@ -158,37 +158,35 @@ def _torchvision(arg: str, req: ModelRequest) -> LoadedModel:
     if arg in torchvision.models.list_models(module=torchvision.models.segmentation):
         return _torchvision_segmentation(arg, req)
     model = torchvision.models.get_model(arg, weights=None)
-    notes = []
-    cached = _cached_torchvision_weights(arg)
-    if cached is not None:
-        model.load_state_dict(torch.load(cached, weights_only=True, map_location="cpu"))
-        notes.append(f"weights from local cache {cached}")
-    else:
-        notes.append("random init (no pretrained weights in the local torch hub cache; nothing is downloaded)")
+    notes = [_load_cached_weights(model, arg)]
     shape = (3, 299, 299) if arg == "inception_v3" else (3, 224, 224)
     return LoadedModel(arg, f"torchvision:{arg}", model, shape, notes)
+
+
+def _load_cached_weights(model: nn.Module, arg: str, skip: str | None = None) -> str:
+    """torchvision's pretrained weights for ``arg`` into ``model`` when already in the local torch hub cache (keys
+    starting with ``skip`` left out); the note saying which."""
+    cached = _cached_torchvision_weights(arg)
+    if cached is None:
+        return "random init (no pretrained weights in the local torch hub cache; nothing is downloaded)"
+    state = torch.load(cached, weights_only=True, map_location="cpu")
+    model.load_state_dict({k: v for k, v in state.items() if not (skip and k.startswith(skip))})
+    return f"weights from local cache {cached}"
 
 
 def _torchvision_segmentation(arg: str, req: ModelRequest) -> LoadedModel:
     """A torchvision segmentation model (dict output): its ``out`` logits ``[batch, classes, H, W]``, no auxiliary
     head, no backbone weights (nothing is downloaded); metric ``seg-agreement``."""
+    import inspect
+
     import torchvision
 
     from stages.model.contract import InputSpec, OutputSpec
 
     kwargs = {} if arg.startswith("lraspp") else {"aux_loss": False}
     model = torchvision.models.get_model(arg, weights=None, weights_backbone=None, **kwargs)
-    notes = []
-    cached = _cached_torchvision_weights(arg)
-    if cached is not None:
-        state = torch.load(cached, weights_only=True, map_location="cpu")
-        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("aux_classifier.")})
-        notes.append(f"weights from local cache {cached}")
-    else:
-        notes.append("random init (no pretrained weights in the local torch hub cache; nothing is downloaded)")
+    notes = [_load_cached_weights(model, arg, skip="aux_classifier.")]
     shape = tuple(req.input_shape) if req.input_shape is not None else (3, 520, 520)
-    import inspect
-
     arg_name = next(iter(inspect.signature(model.forward).parameters))  # `input` (LR-ASPP) or `x` (FCN, DeepLab)
     io = ModelIO((InputSpec(arg_name, "float32", shape),), OutputSpec("out", "out"))
     return LoadedModel(arg, f"torchvision:{arg}", ContractModel(model, io), shape, notes, task="segmentation",

@@ -86,55 +86,66 @@ def load_yolo(arg: str, trust: bool, weights: Path | None = None, names: tuple[s
     ``weights`` (a plain ``state_dict``, read weights-only) and ``names`` (its classes) for a YAML model trained
     here (``example:shapes-yolo``)."""
     ultralytics_root()
-    from ultralytics.nn.tasks import (
-        ClassificationModel,
-        DetectionModel,
-        guess_model_task,
-        load_checkpoint,
-        yaml_model_load,
-    )
-
     if arg.endswith(".pt") or Path(arg).is_file():
-        if not Path(arg).is_file():
-            raise SpecError(f"ultralytics: checkpoint '{arg}' does not exist", hint="check the path")
-        if not trust:
-            raise SpecError(f"ultralytics: '{arg}' is a pickled Ultralytics checkpoint; loading it runs code from it",
-                            hint="pass --trust-checkpoint if you trust the file")
-        try:
-            model, _ = load_checkpoint(arg, device="cpu", fuse=False)
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
-            raise ModelLoadError(f"ultralytics: cannot read '{arg}': {type(e).__name__}: {str(e)[:160]}",
-                                 hint="pass a checkpoint saved by Ultralytics (best.pt / last.pt)") from None
-        task, source = guess_model_task(model), Path(arg).name
+        model, task, source = _from_checkpoint(arg, trust)
     else:
-        name = arg if arg.endswith(".yaml") else f"{arg}.yaml"
-        known = shipped_yamls()
-        if Path(name).stem not in known:
-            raise SpecError(f"ultralytics: no model YAML '{name}' ships with the installed ultralytics."
-                            f"{did_you_mean(Path(name).stem, known)}",
-                            hint="e.g. ultralytics:yolov8n, ultralytics:yolo11n, ultralytics:yolov8n-cls; "
-                                 "or a trained .pt with --trust-checkpoint")
-        with quiet():
-            task = guess_model_task(yaml_model_load(name))
-        if task not in TASKS:
-            raise SpecError(f"ultralytics: '{arg}' is a {task} model; its head has several outputs or a task-specific "
-                            "layout the pipeline cannot evaluate yet", hint="use the detect or classify variant")
-        torch.manual_seed(0)
-        kwargs = {"nc": len(names)} if names else {}
-        with quiet():
-            model = (DetectionModel if task == "detect" else ClassificationModel)(name, verbose=False, **kwargs)
-        if weights is not None:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-            model.names = dict(enumerate(names or ()))
-        source = name
+        model, task, source = _from_yaml(arg, weights, names)
+    model = model.float().eval()  # built or unpickled here: the pipeline's own object
+    prepared = prepare(copy.deepcopy(model))
+    _check_same(model, prepared, task)
+    return prepared, task, metadata(prepared, task, source)
+
+
+def _check_task(task: str, arg: str) -> None:
     if task not in TASKS:
         raise SpecError(f"ultralytics: '{arg}' is a {task} model; its head has several outputs or a task-specific "
-                        "layout the pipeline cannot evaluate yet", hint="use a detect or classify model")
-    original = copy.deepcopy(model).float().eval()
-    model = prepare(copy.deepcopy(original))
-    _check_same(original, model, task)
-    return model, task, metadata(model, task, source)
+                        "layout the pipeline cannot evaluate yet", hint="use the detect or classify variant")
+
+
+def _from_checkpoint(arg: str, trust: bool) -> tuple[nn.Module, str, str]:
+    from ultralytics.nn.tasks import guess_model_task, load_checkpoint
+
+    if not Path(arg).is_file():
+        raise SpecError(f"ultralytics: checkpoint '{arg}' does not exist", hint="check the path")
+    if not trust:
+        raise SpecError(f"ultralytics: '{arg}' is a pickled Ultralytics checkpoint; loading it runs code from it",
+                        hint="pass --trust-checkpoint if you trust the file")
+    try:
+        model, _ = load_checkpoint(arg, device="cpu", fuse=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
+        raise ModelLoadError(f"ultralytics: cannot read '{arg}': {type(e).__name__}: {str(e)[:160]}",
+                             hint="pass a checkpoint saved by Ultralytics (best.pt / last.pt)") from None
+    task = guess_model_task(model)
+    _check_task(task, arg)
+    return model, task, Path(arg).name
+
+
+def _from_yaml(arg: str, weights: Path | None, names: tuple[str, ...] | None) -> tuple[nn.Module, str, str]:
+    from ultralytics.nn.tasks import ClassificationModel, DetectionModel, guess_model_task, yaml_model_load
+
+    name = arg if arg.endswith(".yaml") else f"{arg}.yaml"
+    try:
+        with quiet():
+            cfg = yaml_model_load(name)
+        if cfg.get("scales") and not cfg.get("scale"):
+            raise FileNotFoundError(name)  # a family YAML without its scale letter (yolov8, not yolov8n)
+    except (FileNotFoundError, OSError):
+        known = shipped_yamls()
+        raise SpecError(f"ultralytics: no model YAML '{name}' ships with the installed ultralytics."
+                        f"{did_you_mean(Path(name).stem, known)}",
+                        hint="e.g. ultralytics:yolov8n, ultralytics:yolo11n, ultralytics:yolov8n-cls; "
+                             "or a trained .pt with --trust-checkpoint") from None
+    task = guess_model_task(cfg)
+    _check_task(task, arg)
+    torch.manual_seed(0)
+    kwargs = {"nc": len(names)} if names else {}
+    with quiet():
+        model = (DetectionModel if task == "detect" else ClassificationModel)(name, verbose=False, **kwargs)
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        model.names = dict(enumerate(names or ()))
+    return model, task, name
 
 
 def _check_same(original: nn.Module, prepared: nn.Module, task: str) -> None:

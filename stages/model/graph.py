@@ -87,17 +87,7 @@ class ChannelSlice:
 
 def find_classifier(model: nn.Module, example_input: torch.Tensor) -> str | None:
     """Name of the last conv/linear executed in a forward pass: the classifier head, never pruned."""
-    order: list[str] = []
-    names = {m: n for n, m in model.named_modules()}
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(names[mod]))
-             for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
-    return order[-1] if order else None
+    return _output_walk(model, example_input)[1]
 
 
 def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
@@ -108,10 +98,18 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     goes on through it. Found by walking the autograd graph of one forward pass back from the output; empty
     when the output carries no autograd graph. In a model whose output is its residual stream (a sentence
     encoder) these include every layer writing into that stream: a width transformers hold anyway."""
+    return _output_walk(model, example_input)[0]
+
+
+def _output_walk(model: nn.Module, example_input: torch.Tensor) -> tuple[list[str], str | None]:
+    """(:func:`output_layers`, the last conv/linear executed: :func:`find_classifier`) from one forward pass."""
     names = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
+    rank = {n: i for i, n in enumerate(names.values())}
     made: dict[object, tuple[str, bool]] = {}  # output grad_fn -> (layer name, frozen)
+    order: list[str] = []
 
     def record(mod, _inp, out):
+        order.append(names[mod])
         if isinstance(out, torch.Tensor) and out.grad_fn is not None:
             made[out.grad_fn] = (names[mod], not any(p.requires_grad for p in mod.parameters()))
 
@@ -123,7 +121,7 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     finally:
         for h in hooks:
             h.remove()
-    found: list[str] = []
+    found: set[str] = set()
     todo = [out.grad_fn] if isinstance(out, torch.Tensor) and out.grad_fn is not None else []
     seen: set[int] = set()
     while todo:
@@ -133,11 +131,11 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
         seen.add(id(fn))
         if fn in made:
             name, frozen = made[fn]
-            found.append(name)
+            found.add(name)
             if not frozen:
                 continue
         todo.extend(nf for nf, _ in fn.next_functions if nf is not None)
-    return sorted(set(found), key=list(names.values()).index)
+    return sorted(found, key=rank.__getitem__), (order[-1] if order else None)
 
 
 def detach_caches(model: nn.Module) -> None:
@@ -174,12 +172,11 @@ class PruneGraph:
         self.model = model
         self.example_input = example_input
         modules = dict(model.named_modules())
-        head = find_classifier(model, example_input)
+        outputs, head = _output_walk(model, example_input)
         named = tuple(dict.fromkeys([*ignore, *([head] if head else [])]))
         # attention sites are skipped for the user's holds only: an output layer such as an attention's output
         # projection writing into the residual stream is held as an out-channel producer, not as a head site
-        self.ignored_names = tuple(dict.fromkeys([*named, *output_layers(model, example_input),
-                                                  *declared_held(model)]))
+        self.ignored_names = tuple(dict.fromkeys([*named, *outputs, *declared_held(model)]))
         unknown = [n for n in self.ignored_names if n not in modules]
         if unknown:
             raise KeyError(", ".join(unknown))
@@ -191,7 +188,7 @@ class PruneGraph:
         detach_caches(model)
         self._names = {m: n for n, m in model.named_modules()}
         self._cache: list[tuple[GroupInfo, object]] | None = None
-        self._unmapped: list[str] = []  # groups held because Torch-Pruning's index mapping runs out of range
+        self._unmapped: list[str] = []  # groups held because Torch-Pruning's channel mapping cannot be used
 
     def _tp_groups(self) -> list[tuple[GroupInfo, object]]:
         if self._cache is not None:
@@ -211,10 +208,10 @@ class PruneGraph:
             self._dg.get_all_groups(ignored_layers=self._ignored)
         for g in raw:
             root = g[0].dep.target.module
-            bad = self._out_of_range(g)
+            bad = self._unmappable(g)
             if bad is not None:
-                self._unmapped.append(f"{self._names.get(root, '?')}: held (Torch-Pruning {TP_VERSION} maps its "
-                                      f"channels out of range at {bad})")
+                self._unmapped.append(f"{self._names.get(root, '?')}: held (Torch-Pruning {TP_VERSION} cannot map "
+                                      f"its channels: {bad})")
                 continue
             outs, ins = [], []
             for dep, _ in g:
@@ -234,10 +231,11 @@ class PruneGraph:
             out.append((info, g))
         return out
 
-    def _out_of_range(self, g) -> str | None:
-        """The first layer where a group's channel indices exceed the layer's width (Torch-Pruning's mapping through
-        a split / reshape it does not follow: YOLO's chunked convs, EfficientViT's and LeViT's attention, FastViT),
-        else None. Such a group cannot be scored or cut; it is held, never crashed on."""
+    def _unmappable(self, g) -> str | None:
+        """Why Torch-Pruning's channel mapping of a group cannot be used, else None: the first layer where its
+        indices exceed the layer's width (a split / reshape it does not follow: YOLO's chunked convs, EfficientViT's
+        and LeViT's attention), or its own magnitude importance failing on it (FastViT). Such a group cannot be
+        scored or cut; it is held, never crashed on."""
         for dep, idxs in g:
             if not isinstance(dep.target.module, nn.Module):
                 continue  # an unwrapped parameter (Swin's relative-position bias): its own rule maps it, by head
@@ -248,7 +246,7 @@ class PruneGraph:
             except (AttributeError, KeyError, TypeError):
                 continue
             if width and idxs and max(int(getattr(i, "idx", i)) for i in idxs) >= width:
-                return self._names.get(dep.target.module, type(dep.target.module).__name__)
+                return f"indices out of range at {self._names.get(dep.target.module, type(dep.target.module).__name__)}"
         try:  # the cheapest of its own criteria, as every criterion indexes the group's layers (FastViT: depthwise
             tp.importance.GroupMagnitudeImportance(p=2)(g)  # 1x1 convs taken by their in-channels)
         except (IndexError, RuntimeError) as e:
@@ -508,8 +506,8 @@ class PruneGraph:
         return list(self._sites)
 
     def held_notes(self) -> list[str]:
-        """One line per attention module whose heads are held, and per group held because its channel mapping is
-        out of range, with the reason."""
+        """One line per attention module whose heads are held, and per group held because its channel mapping cannot
+        be used, with the reason."""
         notes = [f"{s.name}: heads held ({s.held})" for s in self._sites if s.held]
         notes += [f"{n}: heads held (nn.MultiheadAttention packs q/k/v with the residual width; FFN pruned)"
                   for n in self._held_mha]

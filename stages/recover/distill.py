@@ -102,13 +102,14 @@ def make_optimizer(model: nn.Module, settings: DistillSettings) -> tuple[torch.o
                            weight_decay=settings.weight_decay), lr
 
 
-# diffusion: noise-prediction matching; detectors: the raw [batch, 4 + classes, anchors] output (boxes and scores)
-FEATURE_METRICS = ("cosine", "output-error", "fid-digits", "denoise-loss", "seg-agreement")  # seg: the logits map
+# diffusion: noise-prediction matching; segmentation: the logits map
+FEATURE_METRICS = ("cosine", "output-error", "fid-digits", "denoise-loss", "seg-agreement")
 DETECTION_METRICS = ("det-agreement", "map50", "map50-95")  # YOLO layout [batch, 4 + classes, anchors]
 
 
 def loss_for(metric: str | None) -> str:
-    """``feature`` for outputs compared as vectors (cosine, output-error), else ``kl``."""
+    """``detection`` for detector metrics, ``feature`` for outputs compared as vectors (cosine, output-error), else
+    ``kl``."""
     if metric in DETECTION_METRICS:
         return "detection"
     return "feature" if metric in FEATURE_METRICS else "kl"

@@ -63,7 +63,14 @@ MODELS = {  # name -> (model spec, data spec, input shape)
     "default": ("example:digits-resnet", "digits", None),
     "mobilenet_v2": ("torchvision:mobilenet_v2", "random", [3, 64, 64]),
     "resnet18": ("torchvision:resnet18", "random", [3, 64, 64]),
+    "minilm": ("example:minilm", None, None),  # the real all-MiniLM-L6-v2, metric cosine on its own sentences
+    "tiny-llama": ("example:tiny-llama", None, None),  # trained here, metric perplexity on held-out docstrings
 }
+MODEL_CRITERIA = {  # criteria for transformers: no BatchNorm (bn-scale), activation-aware ones from the papers
+    "minilm": ("magnitude-l2", "wanda", "stade"),
+    "tiny-llama": ("magnitude-l2", "wanda", "stade"),
+}
+DEFAULT_MODELS = ("default", "mobilenet_v2", "resnet18")  # the transformers by name: --models minilm,tiny-llama
 BUDGETS = (1.5, 2.0, 3.0)
 CRITERIA = ("magnitude-l2", "bn-scale", "taylor")
 TUNED = {  # method -> config overrides (the criterion is the best uniform one)
@@ -73,6 +80,8 @@ TUNED = {  # method -> config overrides (the criterion is the best uniform one)
     "optuna-uniform": {"search": "optuna", "tune": {"families": "stage", "uniform": True}},
     # opt-in (--methods ...,greedy-stairs): no fixed rounding, widths from the measured staircase
     "greedy-stairs": {"search": "greedy", "prune": {"round_to": None}, "tune": {"lut_points": 32}},
+    # one-shot sensitivity curves + a MAC-priced knapsack, landed on measured latency, vs the uniform path
+    "sensitivity": {"search": "sensitivity"},
 }
 DEFAULT_METHODS = ("greedy", "greedy-uniform", "optuna", "optuna-uniform")
 UNIFORM_PAIRS = (("greedy", "greedy-uniform"), ("optuna", "optuna-uniform"))
@@ -87,11 +96,13 @@ QUICK_STAIRS_POINTS = 8
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=None, help=f"comma-separated: {', '.join(MODELS)} (default all; --quick: default)")
+    p.add_argument("--models", default=None, help=f"comma-separated: {', '.join(MODELS)} (default {','.join(DEFAULT_MODELS)}; --quick: default)")
     p.add_argument("--budgets", default=None, help="comma-separated speedup budgets (default 1.5,2,3; --quick: 2)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"tuned methods: {', '.join(TUNED)} (default {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--criteria", default=",".join(CRITERIA), help="uniform-ratio criteria (default all three)")
+    p.add_argument("--criteria", default=None,
+                   help=f"uniform-ratio criteria (default {','.join(CRITERIA)}; transformers: "
+                        f"{','.join(MODEL_CRITERIA['minilm'])})")
     p.add_argument("--quick", action="store_true", help="smoke test: one model, one budget, tiny caps")
     p.add_argument("--dry", action="store_true", help="print the runs and their configs; run nothing")
     p.add_argument("--recovery-steps", type=int, default=150, help="final distillation steps, every run (150)")
@@ -112,15 +123,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default="tuner_vs_uniform",
                    help="output file names under --out: NAME.json and NAME.md (default tuner_vs_uniform)")
     a = p.parse_args(argv)
-    a.models = [m.strip() for m in (a.models or ("default" if a.quick else ",".join(MODELS))).split(",") if m.strip()]
+    a.models = [m.strip() for m in (a.models or ("default" if a.quick else ",".join(DEFAULT_MODELS))).split(",") if m.strip()]
     a.budgets = [float(b) for b in (a.budgets or ("2" if a.quick else ",".join(map(str, BUDGETS)))).split(",")
                  if b.strip()]
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    a.criteria = [c.strip() for c in a.criteria.split(",") if c.strip()]
+    a.criteria = None if a.criteria is None else [c.strip() for c in a.criteria.split(",") if c.strip()]
     bad = [m for m in a.models if m not in MODELS] + [m for m in a.methods if m not in TUNED]
     if bad:
         p.error(f"unknown model or method: {', '.join(bad)}")
-    if not a.models or not a.budgets or not a.criteria or any(b < 1.0 for b in a.budgets):
+    if not a.models or not a.budgets or a.criteria == [] or any(b < 1.0 for b in a.budgets):
         p.error("give at least one model, one criterion and budgets >= 1")
     if not a.name.startswith("tuner_") or "/" in a.name:
         p.error("--name must start with tuner_ and name a file, e.g. tuner_staircase")
@@ -231,6 +242,11 @@ def remeasure(a: argparse.Namespace, baseline_onnx: Path, runs: dict[str, dict],
 
 # ------------------------------------------------------------------ one (model, budget)
 
+def criteria_for(a: argparse.Namespace, model: str) -> list[str]:
+    """The uniform-ratio criteria of a model: ``--criteria``, else the model's own list, else :data:`CRITERIA`."""
+    return a.criteria or list(MODEL_CRITERIA.get(model, CRITERIA))
+
+
 def best_uniform(runs: dict[str, dict], criteria: list[str]) -> str | None:
     ok = {c: runs[f"uniform:{c}"] for c in criteria if "error" not in runs.get(f"uniform:{c}", {"error": 1})}
     if not ok:
@@ -259,9 +275,10 @@ def bench_point(a: argparse.Namespace, model: str, budget: float, root: Path, sa
                                      f"{r['metric']} {r['accuracy']:.2f}, verdict {r['verdict_speedup']:.2f}x, "
                                      f"tune {r['tune_s']:.0f}s, {r['evaluations']} full measurements"))
 
-    for c in a.criteria:
+    criteria = criteria_for(a, model)
+    for c in criteria:
         go(f"uniform:{c}", run_config(a, model, budget, {"search": "global"}, c))
-    best = a.criteria[0] if a.dry else best_uniform(runs, a.criteria)
+    best = criteria[0] if a.dry else best_uniform(runs, criteria)
     if best is None:
         return {"model": model, "budget": budget, "error": "every uniform run failed", "runs": runs}
     for m in a.methods:
@@ -295,7 +312,13 @@ def _shape_of(run_dir: Path) -> tuple[int, ...]:
     import onnx
 
     dims = onnx.load(str(run_dir / "baseline.onnx"), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    return tuple(int(d.dim_value) for d in dims[1:])
+    shape = tuple(int(d.dim_value) for d in dims[1:])
+    if all(shape):
+        return shape
+    # a token model's dynamic [batch, sequence]: the sequence length the run used (its load stage's input shape)
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    load = next(s for s in stages if s.get("name") == "load")
+    return (int(load["metrics"]["input_shape"][-1]),)
 
 
 # ------------------------------------------------------------------ report
@@ -457,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "measured_on": measured_on, "platform": versions()["platform"], "versions": versions(),
         "settings": {"quick": a.quick, "models": a.models, "budgets": a.budgets, "methods": a.methods,
-                     "criteria": a.criteria, "recovery_steps": QUICK["recovery"]["steps"] if a.quick else a.recovery_steps,
+                     "criteria": a.criteria or "per model", "recovery_steps": QUICK["recovery"]["steps"] if a.quick else a.recovery_steps,
                      "tune_steps": QUICK["recovery"]["tune_steps"] if a.quick else a.tune_steps,
                      "max_candidates": QUICK["tune"]["max_candidates"] if a.quick else a.max_candidates,
                      "time_limit_s": QUICK["tune"]["time_limit_s"] if a.quick else a.time_limit,

@@ -11,7 +11,7 @@ real target), :mod:`search.families` (groups that share a keep ratio).
 
 from __future__ import annotations
 
-from search import cswap, global_ratio, greedy, optuna  # noqa: F401 - register the built-in searches
+from search import cswap, global_ratio, greedy, optuna, sensitivity  # noqa: F401 - register the built-in searches
 from search.registry import SEARCHES, Search, SearchContext, SearchOutcome, TuneSettings, register
 
 __all__ = ["SEARCHES", "Search", "SearchContext", "SearchOutcome", "TuneSettings", "register"]

@@ -206,7 +206,8 @@ class Calibration:
         return {"a": self.a, "b": self.b, "n": self.n}
 
 
-def _errors(pairs: Sequence[tuple[float, float]]) -> dict:
+def rel_errors(pairs: Sequence[tuple[float, float]]) -> dict:
+    """Relative errors of ``(predicted, measured)`` pairs: count, mean and max of ``|p - m| / m``."""
     errs = [abs(p - m) / m for p, m in pairs if m > 0]
     return {"n": len(errs), "mean_abs_rel_err": statistics.fmean(errs) if errs else None,
             "max_abs_rel_err": max(errs) if errs else None}
@@ -360,16 +361,16 @@ class LatencyLUT:
         raw = [self.predict_raw(c.widths, full, model) for c in self.checks]
         loo = leave_one_out(list(zip(raw, meas)))
         add = [self.predict_raw(c.widths, full, "additive") for c in self.checks]
-        out_loo = _errors(list(zip(loo, meas)))
+        out_loo = rel_errors(list(zip(loo, meas)))
         return {
             "model": model, "n": len(self.checks),
             "mean_abs_rel_err": out_loo["mean_abs_rel_err"], "max_abs_rel_err": out_loo["max_abs_rel_err"],
             "error_kind": "leave-one-out, calibrated",
             "fit": Calibration.fit(list(zip(raw, meas))).to_json(),
-            "online": _errors([(c.online_ms, c.measured_ms) for c in self.checks]),
-            "raw": _errors(list(zip(raw, meas))),
-            "additive_raw": _errors(list(zip(add, meas))),
-            "additive_loo": _errors(list(zip(leave_one_out(list(zip(add, meas))), meas))),
+            "online": rel_errors([(c.online_ms, c.measured_ms) for c in self.checks]),
+            "raw": rel_errors(list(zip(raw, meas))),
+            "additive_raw": rel_errors(list(zip(add, meas))),
+            "additive_loo": rel_errors(list(zip(leave_one_out(list(zip(add, meas))), meas))),
             "points": [{"predicted_ms": p, "raw_ms": r, "online_ms": c.online_ms, "measured_ms": c.measured_ms}
                        for p, r, c in zip(loo, raw, self.checks)],
         }

@@ -48,3 +48,15 @@ def test_full_dry_covers_three_models_and_three_budgets(capsys):
     assert len(cfgs) == 3 * 3 * 7
     r18 = cfgs["resnet18 1.5x greedy"]
     assert r18["model"] == "torchvision:resnet18" and r18["data"] == "random" and r18["input_shape"] == [3, 64, 64]
+
+
+def test_transformers_get_their_own_criteria_and_the_sensitivity_search(capsys, tmp_path):
+    assert bench().main(["--dry", "--models", "minilm", "--budgets", "2", "--methods", "sensitivity"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("minilm ")]
+    cfgs = {line.split(": ", 1)[0]: json.loads(line.split(": ", 1)[1]) for line in rows}
+    assert list(cfgs) == [f"minilm 2x {m}" for m in ("uniform:magnitude-l2", "uniform:wanda", "uniform:stade",
+                                                       "sensitivity")]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfgs["minilm 2x sensitivity"]))
+    rc = resolve_config(path, {})
+    assert rc.search == "sensitivity" and rc.model == "example:minilm"

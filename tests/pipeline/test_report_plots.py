@@ -77,3 +77,14 @@ def test_keep_ratio_plot_scales_with_the_number_of_groups(tmp_path, n):
 def test_lut_caption_says_which_error_it_is():
     text = lut_caption(CAL)
     assert "leave-one-out" in text and "4 full-model measurements" in text and "additive model" in text
+
+
+def test_the_sensitivity_searchs_cost_model_is_named_as_such():
+    from search.sensitivity import CostModel
+
+    cm = CostModel(10.0, 1000.0)
+    for macs, ms in ((500.0, 6.0), (250.0, 3.4), (750.0, 8.1)):
+        cm.observe(macs, ms)
+    text = lut_caption(cm.report())
+    assert text.startswith("MAC cost model (search: sensitivity) vs 3 full-model measurements")
+    assert "additive" not in text and "n/a" not in text

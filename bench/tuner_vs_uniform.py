@@ -82,6 +82,10 @@ TUNED = {  # method -> config overrides (the criterion is the best uniform one)
     "greedy-stairs": {"search": "greedy", "prune": {"round_to": None}, "tune": {"lut_points": 32}},
     # one-shot sensitivity curves + a MAC-priced knapsack, landed on measured latency, vs the uniform path
     "sensitivity": {"search": "sensitivity"},
+    # AAP's global threshold (scaled per layer by its share of weights) on the best uniform criterion's scores,
+    # and on AAP's own activation score; both landed on measured latency
+    "aap": {"search": "aap"},
+    "aap-score": {"search": "aap", "criterion": "aap"},
 }
 DEFAULT_METHODS = ("greedy", "greedy-uniform", "optuna", "optuna-uniform")
 UNIFORM_PAIRS = (("greedy", "greedy-uniform"), ("optuna", "optuna-uniform"))
@@ -118,6 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: physical cores)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="output folder (bench/results)")
     p.add_argument("--runs", type=Path, default=None, help="keep the run folders here (default: a temp folder)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs of the same (model, budget) in the output JSON whose run folders still exist "
+                        "(give the same --runs); run only what is missing (new methods, dropped reruns)")
     p.add_argument("--append", action="store_true",
                    help="merge into an existing output JSON (replaces the same model and budget)")
     p.add_argument("--name", default="tuner_vs_uniform",
@@ -256,13 +263,19 @@ def best_uniform(runs: dict[str, dict], criteria: list[str]) -> str | None:
                                    -criteria.index(c)))
 
 
-def bench_point(a: argparse.Namespace, model: str, budget: float, root: Path, say) -> dict:
-    """All runs of one (model, budget), the re-measure and the same-latency reruns."""
+MATCH = {"search": "global", "tune": {"latency_margin": 0.0, "min_step": 0.005}}  # lands at the tuned speedup
+
+
+def bench_point(a: argparse.Namespace, model: str, budget: float, root: Path, say, prior: dict | None = None) -> dict:
+    """All runs of one (model, budget), the re-measure and the same-latency reruns. ``prior`` (``--resume``): the
+    point as an earlier invocation wrote it; its runs (their run folders still on disk) are kept, not rerun."""
     tag = f"{model}-{budget:g}x"
-    runs: dict[str, dict] = {}
-    configs: dict[str, dict] = {}
+    runs: dict[str, dict] = dict((prior or {}).get("runs", {}))
+    configs: dict[str, dict] = dict((prior or {}).get("configs", {}))
 
     def go(label: str, cfg: dict) -> None:
+        if label in runs and "error" not in runs[label] and Path(runs[label]["run_dir"], "model.onnx").is_file():
+            return  # --resume: made by an earlier invocation
         configs[label] = cfg
         if a.dry:
             return
@@ -290,7 +303,7 @@ def bench_point(a: argparse.Namespace, model: str, budget: float, root: Path, sa
     baseline_onnx = Path(first["run_dir"]) / "baseline.onnx"
     say(f"[{tag}] re-measuring {len(runs)} final models with the baseline, {a.rounds} interleaved rounds")
     rem = remeasure(a, baseline_onnx, runs, shape, root)
-    matched: dict[str, dict] = {}
+    matched: dict[str, dict] = {k: v for k, v in (prior or {}).get("matched", {}).items() if k in runs}
     ref = f"uniform:{best}"
     if not a.no_match and ref in rem:
         for m in a.methods:
@@ -298,10 +311,10 @@ def bench_point(a: argparse.Namespace, model: str, budget: float, root: Path, sa
                 continue
             s_t, s_u = rem[m]["speedup"], rem[ref]["speedup"]
             faster, better = s_t > s_u, runs[m]["accuracy"] > runs[ref]["accuracy"]
-            if abs(s_t / s_u - 1) <= a.match_tol or faster == better:
-                continue  # same latency already, or one of the two dominates
+            if abs(s_t / s_u - 1) <= a.match_tol or faster == better or f"uniform@{m}" in matched:
+                continue  # same latency already, one of the two dominates, or matched by an earlier invocation
             label = f"uniform@{m}"
-            go(label, run_config(a, model, budget, {"search": "global"}, best, speedup=s_t))
+            go(label, run_config(a, model, budget, MATCH, best, speedup=s_t))
             if "error" not in runs[label]:
                 matched[label] = remeasure(a, baseline_onnx, {m: runs[m], label: runs[label]}, shape, root)
     return {"model": model, "budget": budget, "best_criterion": best, "runs": runs, "remeasure": rem,
@@ -315,10 +328,11 @@ def _shape_of(run_dir: Path) -> tuple[int, ...]:
     shape = tuple(int(d.dim_value) for d in dims[1:])
     if all(shape):
         return shape
-    # a token model's dynamic [batch, sequence]: the sequence length the run used (its load stage's input shape)
+    # dynamic dims (token models): the sample shape the run measured with (its load stage's; several inputs of one
+    # shape are packed along the first axis, as the ORT worker feeds them)
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
     load = next(s for s in stages if s.get("name") == "load")
-    return (int(load["metrics"]["input_shape"][-1]),)
+    return tuple(int(d) for d in load["metrics"]["input_shape"])
 
 
 # ------------------------------------------------------------------ report
@@ -362,7 +376,7 @@ def markdown(report: dict) -> str:
         f"- Speedup: re-measured, every final model interleaved with the unpruned one in one fresh process, "
         f"{s['rounds']} rounds x >= {s['duration_s']:g} s; `vs budget` = speedup / budget - 1",
         "- `uniform:<criterion>`: one prune ratio for every group (`search: global`); the tuned methods use the best "
-        "of them; `uniform@<method>`: the best uniform criterion rerun at that method's re-measured speedup",
+        "of them; `uniform@<method>`: the best uniform criterion rerun at that method's re-measured speedup (bisection with no latency margin and a 0.005 step)",
         "- LUT error: leave-one-out, calibrated (uncalibrated; additive model uncalibrated)",
         "",
     ]
@@ -467,10 +481,15 @@ def main(argv: list[str] | None = None) -> int:
         root = a.runs
         root.mkdir(parents=True, exist_ok=True)
     points = []
+    prior = {}
+    jpath = a.out / f"{a.name}.json"
+    if a.resume and jpath.is_file():
+        prior = {(p["model"], p["budget"]): p for p in json.loads(jpath.read_text()).get("points", [])}
+        a.append = True
     try:
         for model in a.models:
             for budget in a.budgets:
-                points.append(bench_point(a, model, budget, root, say))
+                points.append(bench_point(a, model, budget, root, say, prior.get((model, budget))))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -142,7 +142,9 @@ def build_report(state: Any) -> dict:
                  "evaluations": tune.get("evaluations"),  # full-model measurements the search made
                  "uniform": tune.get("uniform"),
                  "lut_calibration": tune.get("lut_calibration"),
-                 "cswap": tune.get("cswap")},  # search: cswap: how far the procedure got, what its plan costs
+                 "cswap": tune.get("cswap"),  # search: cswap: how far the procedure got, what its plan costs
+                 # search: sensitivity: which path won, both recovered calibration metrics, where each landed
+                 "sensitivity": {k: v for k, v in (tune.get("sensitivity") or {}).items() if k != "damage"} or None},
         "plots": {"pareto": "pareto.png", "keep_ratios": "keep_ratios.png",
                   "lut_calibration": "lut_calibration.png" if _lut_points(tune.get("lut_calibration")) else None},
         "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3)} for r in state.records],

@@ -13,7 +13,7 @@ TESTS = Path(__file__).resolve().parents[1]
 # the test file that drives each registered search through its real code path
 SEARCH_TESTS = {"global": "search/test_global_ratio.py", "greedy": "search/test_greedy.py",
                 "optuna": "search/test_optuna.py", "cswap": "search/test_cswap_search.py",
-                "sensitivity": "search/test_sensitivity.py"}
+                "sensitivity": "search/test_sensitivity.py", "aap": "search/test_aap_search.py"}
 
 
 def test_every_registered_search_has_a_test():

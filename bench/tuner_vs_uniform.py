@@ -183,7 +183,8 @@ def launch(cfg: dict, run_dir: Path, log_path: Path) -> dict:
     """One ``pipeline run`` in a subprocess; returns what its report.json says (or the error)."""
     cfg_path = run_dir.parent / f"{run_dir.name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--config", str(cfg_path), "--out", str(run_dir), "--quiet"]
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--config", str(cfg_path), "--out", str(run_dir), "--quiet",
+           "--overwrite"]  # only runs to be (re)made are launched: a folder of an earlier invocation is replaced
     # an empty torch hub: torchvision models are random init (seeded by the run) even where pretrained
     # weights happen to be cached; nothing downloads either way
     hub = run_dir.parent / "empty-torch-home"
@@ -195,7 +196,8 @@ def launch(cfg: dict, run_dir: Path, log_path: Path) -> dict:
         proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
     wall = time.perf_counter() - t0
     rep_path = run_dir / "report.json"
-    if proc.returncode not in (0, 1) or not rep_path.is_file():
+    # exit 3 (the verdict could not decide: the budget inside the noise) still wrote its report: a row, verdict open
+    if proc.returncode not in (0, 1, 3) or not rep_path.is_file():
         tail = log_path.read_text().strip().splitlines()[-3:]
         return {"error": f"exit {proc.returncode}: {' | '.join(tail)}", "wall_s": round(wall, 1)}
     return summarize(json.loads(rep_path.read_text()), run_dir, wall)
@@ -357,6 +359,10 @@ def rows_of(point: dict) -> list[dict]:
     return out
 
 
+def _verdict(met: bool | None) -> str:
+    return "" if met else " unmet" if met is False else " undecided"
+
+
 def _runs_line(s: dict) -> str:
     return (f"Runs: recovery {s['recovery_steps']} distillation steps (searches: {s['tune_steps']}), candidate cap "
             f"{s['max_candidates']}, time cap {s['time_limit_s']:.0f} s, seed {s['seed']}, ONNX Runtime threads "
@@ -401,7 +407,7 @@ def markdown(report: dict) -> str:
                                          f"{_pct((lut.get('additive_raw') or {}).get('mean_abs_rel_err'))}), n={lut['n']}")
             tune = f"{row['tune_s']:.0f}" + (" (LUT cached)" if row.get("lut_from_cache") else "")
             lines.append(f"| {row['label']} | {acc} | {drop} | {sp} | {_pct(row['vs_budget'])} | "
-                         f"{row['verdict_speedup']:.2f}x{'' if row['met'] else ' unmet'} | {tune} | "
+                         f"{row['verdict_speedup']:.2f}x{_verdict(row['met'])} | {tune} | "
                          f"{row['evaluations'] if row['evaluations'] is not None else '-'} | {lut_s} |")
         lines.append("")
     summary = summary_rows(report)

@@ -324,14 +324,8 @@ def bench_point(a: argparse.Namespace, model: str, budget: float, root: Path, sa
 
 
 def _shape_of(run_dir: Path) -> tuple[int, ...]:
-    import onnx
-
-    dims = onnx.load(str(run_dir / "baseline.onnx"), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    shape = tuple(int(d.dim_value) for d in dims[1:])
-    if all(shape):
-        return shape
-    # dynamic dims (token models): the sample shape the run measured with (its load stage's; several inputs of one
-    # shape are packed along the first axis, as the ORT worker feeds them)
+    """The sample shape the run measured with (its load stage's; a token model's inputs of one shape are packed
+    along the first axis, as the ORT worker feeds them)."""
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
     load = next(s for s in stages if s.get("name") == "load")
     return tuple(int(d) for d in load["metrics"]["input_shape"])
@@ -491,7 +485,6 @@ def main(argv: list[str] | None = None) -> int:
     jpath = a.out / f"{a.name}.json"
     if a.resume and jpath.is_file():
         prior = {(p["model"], p["budget"]): p for p in json.loads(jpath.read_text()).get("points", [])}
-        a.append = True
     try:
         for model in a.models:
             for budget in a.budgets:
@@ -516,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for p in points:  # per point: --append merges points made with other settings
         p["settings"] = report["settings"]
-    jpath, mpath = write_outputs(report, a.out, a.append, a.name)
+    jpath, mpath = write_outputs(report, a.out, a.append or a.resume, a.name)
     print()
     print(mpath.read_text())
     print(f"wrote {jpath} and {mpath} ({report['wall_s'] / 60:.1f} min)")

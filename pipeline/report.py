@@ -270,7 +270,8 @@ def lut_caption(cal: dict) -> str:
         return "n/a" if x is None else f"{100 * x:.1f}%"
 
     raw, add = cal.get("raw") or {}, cal.get("additive_raw")
-    what = "MAC cost model (search: sensitivity)" if cal.get("model") == "macs" else f"LUT ({cal.get('model')})"
+    what = (f"MAC cost model (search: {cal.get('search', 'sensitivity')})" if cal.get("model") == "macs"
+            else f"LUT ({cal.get('model')})")
     return (f"{what} vs {cal.get('n')} full-model measurements: leave-one-out error mean "
             f"{pct(cal.get('mean_abs_rel_err'))}, max {pct(cal.get('max_abs_rel_err'))} (calibrated a + b·prediction, "
             f"each point predicted by a fit on the others); uncalibrated mean {pct(raw.get('mean_abs_rel_err'))}"

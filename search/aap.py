@@ -24,7 +24,6 @@ What this search keeps, and what it changes (decided; docs/search.md ## aap):
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,8 +32,8 @@ import torch
 
 from search.base import Budgeted, Candidate, SearchLimits, TuneResult, run_search
 from search.budget import Budgets
+from search.landing import CostModel, Window, fastest_recovered, land, layer_prices, macs_of
 from search.registry import SearchContext, SearchOutcome, register
-from search.sensitivity import CostModel, Window, land, macs_of, width_costs
 from stages.model.cost import LayerTerm
 from stages.model.graph import GroupInfo
 from stages.prune.plan import kept_width
@@ -93,26 +92,21 @@ def search_aap(ev, terms: Sequence[LayerTerm], share: Mapping[str, float], budge
     """Land the threshold path on the latency budget (module docstring); returns the result and its record."""
     groups = list(ev.groups)
     full = {g.id: g.width for g in groups}
-    limit = budgets.latency_limit_ms(baseline_ms)
-    assert limit is not None  # the registry refuses the search without a latency budget
-    window = Window.of(limit, limits.latency_margin)
+    window, _ = Window.for_budget(budgets, limits, baseline_ms)
     path, at = threshold_path(groups, ev.scores, share, limits.max_ratio, round_to)
     macs = [macs_of(terms, w, full) for w in path]
-    model = CostModel(baseline_ms, macs[0])
+    model = CostModel(baseline_ms, macs[0], search="aap")
     extra: dict = {"aap": {"states": len(path), "window_ms": [window.low, window.high],
                            "share": {g: round(v, 6) for g, v in share.items()}}}
 
     def body(b: Budgeted) -> tuple[Candidate | None, str]:
         log(f"AAP threshold path: {len(path)} states; landing window {window.low:.3f}-{window.high:.3f} ms")
-        ld = land(b, "aap", path, macs, model, window, full)
+        ld = land(b, "aap", "threshold", path, macs, model, window, full)
         extra["aap"].update(step=ld.index, reason=ld.reason,
                             threshold=None if ld.index is None else at[ld.index],
                             measured_ms={str(k): v for k, v in ld.measured.items()})
         if ld.best is None:
-            best = min(b.order, key=lambda c: c.latency_ms) if b.order else None
-            if best is not None:
-                b.recover(best)
-            return best, f"budget not reachable: {ld.reason}"
+            return fastest_recovered(b), f"budget not reachable: {ld.reason}"
         b.recover(ld.best)
         return ld.best, f"threshold {at[ld.index]:.4g}: {ld.reason}"
 
@@ -136,14 +130,8 @@ def _nnz(model: torch.nn.Module, groups: Sequence[GroupInfo]) -> dict[str, int]:
           options=("max_candidates", "time_limit_s", "latency_margin"))
 def run_aap(ctx: SearchContext) -> SearchOutcome:
     """The registered ``aap`` search."""
-    from stages.model.cost import layer_terms
-
     ev, groups = ctx.evaluator, list(ctx.groups)
-    try:
-        terms = layer_terms(copy.deepcopy(ev.model), ctx.example, groups)
-    except Exception as e:  # noqa: BLE001 - an exotic model: price cuts by channel counts
-        ctx.log(f"aap: no layer structure ({type(e).__name__}: {e}); pricing cuts by channel counts")
-        terms = width_costs(groups)
+    terms = layer_prices(ctx, "aap")
     with ctx.progress("aap") as tick:
         res, extra = search_aap(ev, terms, shares(groups, _nnz(ev.model, groups)), ctx.budgets, ctx.limits,
                                 ctx.round_to, ctx.baseline_ms, log=ctx.log, progress=tick)

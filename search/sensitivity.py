@@ -42,23 +42,21 @@ greedy LUT's, as ``lut_calibration`` with ``model: "macs"``.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from search.base import Budgeted, Candidate, SearchLimits, TuneResult, run_search
 from search.budget import Budgets
-from search.lut import Calibration, leave_one_out, rel_errors
+from search.landing import CostModel, Window, fastest_recovered, land, layer_prices, macs_of
 from search.registry import SearchContext, SearchOutcome, register
 from stages.model.cost import LayerTerm
 from stages.model.graph import GroupInfo
 from stages.prune.plan import kept_width
 
 UNIFORM_STEP = 0.005  # prune-ratio resolution of the uniform path
-WINDOW_TOP = 0.2  # the window's top edge: limit * (1 - WINDOW_TOP * margin)
 
 
 class SensitivityEvaluator(Protocol):
@@ -78,25 +76,6 @@ class SensitivitySettings:
     points: int = 12  # candidate widths per group in the damage curves
     max_ratio: float = 0.9  # the most any group may lose
     round_to: int | None = 8
-
-
-# ------------------------------------------------------------------ costs
-
-def macs_of(terms: Sequence[LayerTerm], widths: Mapping[str, int], full: Mapping[str, int]) -> float:
-    """MACs of a policy: every layer keeps ``f_out · f_in`` of its full MACs, ``f`` the kept share of the
-    channels its groups own (a group's share of a concatenation weighs its part)."""
-
-    def frac(side: tuple[tuple[str, float], ...]) -> float:
-        if not side:
-            return 1.0
-        return sum(share * widths.get(g, full[g]) / full[g] for g, share in side)
-
-    return sum(t.macs * frac(t.out_groups) * frac(t.in_groups) for t in terms)
-
-
-def width_costs(groups: Sequence[GroupInfo]) -> list[LayerTerm]:
-    """A fallback cost model where the layer structure is unknown: every group one layer of its width."""
-    return [LayerTerm(g.id, float(g.width), ((g.id, 1.0),)) for g in groups]
 
 
 # ------------------------------------------------------------------ damage curves and paths
@@ -167,95 +146,6 @@ def uniform_path(groups: Sequence[GroupInfo], keep_ratios: Callable[[float], Map
     return path
 
 
-# ------------------------------------------------------------------ landing on the budget
-
-@dataclass
-class CostModel:
-    """Measured latency vs MAC-predicted latency (``base · MACs / MACs₀``): ``a + b · raw``, refitted on every
-    measurement; the baseline is the first point."""
-
-    base_ms: float
-    base_macs: float
-    points: list[tuple[float, float]] = field(default_factory=list)  # (raw prediction, measured ms)
-
-    def raw(self, macs: float) -> float:
-        return self.base_ms * macs / self.base_macs if self.base_macs > 0 else self.base_ms
-
-    def predict(self, macs: float) -> float:
-        return Calibration.fit([(self.base_ms, self.base_ms), *self.points])(self.raw(macs))
-
-    def observe(self, macs: float, measured_ms: float) -> None:
-        self.points.append((self.raw(macs), float(measured_ms)))
-
-    def report(self) -> dict:
-        """The fit's error on the search's measurements, in the greedy LUT's ``lut_calibration`` format."""
-        pts = list(self.points)
-        loo = leave_one_out([(self.base_ms, self.base_ms), *pts])[1:] if pts else []
-        return {"model": "macs", **rel_errors([(p, m) for p, (_, m) in zip(loo, pts)]), "n": len(pts),
-                "error_kind": "leave-one-out, calibrated (baseline point always in the fit)",
-                "fit": Calibration.fit([(self.base_ms, self.base_ms), *pts]).to_json(),
-                "raw": rel_errors(pts),
-                "points": [{"predicted_ms": p, "raw_ms": r, "measured_ms": m} for p, (r, m) in zip(loo, pts)]}
-
-
-@dataclass(frozen=True)
-class Window:
-    """Where a landed candidate's measured latency must lie: ``[low, high]`` ms."""
-
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, limit_ms: float, margin: float) -> Window:
-        return cls(limit_ms * (1 - margin), limit_ms * (1 - WINDOW_TOP * margin))
-
-
-@dataclass
-class Landing:
-    """The outcome of landing one path: the least-pruned measured state within budget (``None``: none was)."""
-
-    name: str
-    best: Candidate | None
-    index: int | None
-    measured: dict[int, float]
-    reason: str
-
-
-def land(b: Budgeted, name: str, path: Sequence[Mapping[str, int]], macs: Sequence[float], model: CostModel,
-         window: Window, full: Mapping[str, int], confirm: bool = True) -> Landing:
-    """Regula falsi along ``path`` (states ordered from the unpruned model to the deepest cut) on measured latency;
-    see the module docstring. ``macs[i]`` is the MAC count of ``path[i]``."""
-    goal = (window.low + window.high) / 2
-    lo, hi = 0, None  # lo: measured (or known) over the window's top; hi: the least-pruned state within it
-    best: Candidate | None = None
-    measured: dict[int, float] = {}
-    last = len(path) - 1
-    while True:
-        why = b.exhausted()
-        if why:
-            return Landing(name, best, hi, measured, why)
-        upper = hi if hi is not None else last + 1
-        if upper - lo <= 1:
-            reason = ("bracketed: the neighbouring state is over the window" if hi is not None
-                      else "the deepest state misses the budget")
-            return Landing(name, best, hi, measured, reason)
-        pick = next((i for i in range(lo + 1, upper) if model.predict(macs[i]) <= goal), upper - 1)
-        pick = min(max(pick, lo + 1), upper - 1)
-        keep = {g: w / full[g] for g, w in path[pick].items() if w != full[g]}
-        c = b.measure_policy(keep, {"kind": "sensitivity", "path": name, "step": pick, "of": last},
-                             f"{name} step {pick}/{last} (predicted {model.predict(macs[pick]):.3f} ms)")
-        model.observe(macs[pick], c.latency_ms)
-        if c.latency_ms <= window.high and confirm:
-            b.confirm(c)
-        measured[pick] = c.latency_ms
-        if c.latency_ms <= window.high:
-            hi, best = pick, c
-            if c.latency_ms >= window.low:
-                return Landing(name, best, hi, measured, "landed in the window")
-        else:
-            lo = pick
-
-
 # ------------------------------------------------------------------ the search
 
 def search_sensitivity(ev: SensitivityEvaluator, terms: Sequence[LayerTerm], curves: Mapping[str, Mapping[int, float]],
@@ -266,9 +156,7 @@ def search_sensitivity(ev: SensitivityEvaluator, terms: Sequence[LayerTerm], cur
     and what goes into ``candidates.json``."""
     groups = list(ev.groups)
     full = {g.id: g.width for g in groups}
-    limit = budgets.latency_limit_ms(baseline_ms)
-    assert limit is not None  # the registry refuses the search without a latency budget
-    window = Window.of(limit, limits.latency_margin)
+    window, limit = Window.for_budget(budgets, limits, baseline_ms)
 
     def cost(w: Mapping[str, int]) -> float:
         return macs_of(terms, w, full)
@@ -291,7 +179,7 @@ def search_sensitivity(ev: SensitivityEvaluator, terms: Sequence[LayerTerm], cur
         landings = []
         for name, path in paths.items():
             macs = [cost(w) for w in path]
-            ld = land(b, name, path, macs, model, window, full)
+            ld = land(b, "sensitivity", name, path, macs, model, window, full)
             log(f"{name}: {ld.reason}" + (f"; step {ld.index}, {ld.best.latency_ms:.3f} ms" if ld.best else ""))
             landings.append(ld)
         extra["sensitivity"]["landings"] = {ld.name: {"step": ld.index, "reason": ld.reason,
@@ -299,10 +187,7 @@ def search_sensitivity(ev: SensitivityEvaluator, terms: Sequence[LayerTerm], cur
                                             for ld in landings}
         found = [ld for ld in landings if ld.best is not None]
         if not found:
-            best = min(b.order, key=lambda c: c.latency_ms) if b.order else None
-            if best is not None:
-                b.recover(best)
-            return best, f"budget not reachable: no path reached {window.high:.3f} ms"
+            return fastest_recovered(b), f"budget not reachable: no path reached {window.high:.3f} ms"
         scored = []
         for ld in found:
             acc = b.recover(ld.best)
@@ -325,14 +210,8 @@ def search_sensitivity(ev: SensitivityEvaluator, terms: Sequence[LayerTerm], cur
           options=("lut_points", "max_candidates", "time_limit_s", "latency_margin"))
 def run_sensitivity(ctx: SearchContext) -> SearchOutcome:
     """The registered ``sensitivity`` search."""
-    from stages.model.cost import layer_terms
-
     ev, groups = ctx.evaluator, list(ctx.groups)
-    try:  # which conv / linear layers each group scales, for the MAC prices
-        terms = layer_terms(copy.deepcopy(ev.model), ctx.example, groups)
-    except Exception as e:  # noqa: BLE001 - an exotic model: price cuts by channel counts
-        ctx.log(f"sensitivity: no layer structure ({type(e).__name__}: {e}); pricing cuts by channel counts")
-        terms = width_costs(groups)
+    terms = layer_prices(ctx, "sensitivity")
     settings = SensitivitySettings(points=2 * ctx.tune.lut_points, max_ratio=ctx.limits.max_ratio,
                                    round_to=ctx.round_to)
     t0 = time.monotonic()

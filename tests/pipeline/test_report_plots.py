@@ -80,7 +80,7 @@ def test_lut_caption_says_which_error_it_is():
 
 
 def test_the_sensitivity_searchs_cost_model_is_named_as_such():
-    from search.sensitivity import CostModel
+    from search.landing import CostModel
 
     cm = CostModel(10.0, 1000.0)
     for macs, ms in ((500.0, 6.0), (250.0, 3.4), (750.0, 8.1)):

@@ -7,7 +7,7 @@ import torch
 from search.aap import search_aap, shares, threshold_path, unit_scores
 from search.base import SearchLimits
 from search.budget import Budgets
-from search.sensitivity import Window
+from search.landing import Window
 from stages.model.graph import GroupInfo
 from tests.search.test_sensitivity import FULL, GROUPS, TERMS, Model
 

@@ -6,15 +6,13 @@ import pytest
 
 from search.base import Candidate, SearchLimits
 from search.budget import Budgets
+from search.landing import CostModel, Window, macs_of
 from search.registry import SEARCHES
 from search.sensitivity import (
-    CostModel,
     SensitivitySettings,
-    Window,
     allocation_path,
     candidate_widths,
     damage_curves,
-    macs_of,
     search_sensitivity,
     uniform_path,
 )
